@@ -1,0 +1,67 @@
+"""Command line of the local stack.
+
+Usage:
+    python -m stack install            # JVM parts from Maven Central, Spark connectors, secrets (idempotent)
+    python -m stack up [SERVICE ...]   # start and wait until ready; prints the status table
+    python -m stack down [SERVICE ...] # stop; leaves no process behind
+    python -m stack status             # service, address, state, pid, memory, log file
+    python -m stack env                # print the path of connection.env (source it in a shell)
+
+Settings: stack/stack.toml, each overridable by a STACK_<KEY> environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stack.config import load_config
+from stack.install import install
+from stack.launcher import Stack, StackError, format_status
+from stack.probes import NotReady
+
+SERVICE_NAMES = ("mosquitto", "kafka", "kudu-master", "kudu-tserver", "sql")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stack",
+        description="Run the local IoT stack (Mosquitto, Kafka, Kudu, Spark SQL) on 127.0.0.1 under .stack/.",
+        epilog="Settings: stack/stack.toml; override any with STACK_<KEY>, e.g. STACK_KAFKA_PORT=19092.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("install", help="install the JVM parts and generate secrets (idempotent)")
+    for name, text in (("up", "start services and wait until each is ready (harmless if up)"),
+                       ("down", "stop services; no process of the stack is left"),
+                       ("status", "show each service's address, state, pid, memory and log file")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("services", nargs="*", metavar="SERVICE",
+                         help=f"any of: {', '.join(SERVICE_NAMES)} (default: all)")
+    commands.add_parser("env", help="print the path of the connection file (source it to use the stack)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_config()
+    stack = Stack(cfg)
+    try:
+        if args.command == "install":
+            print(install(cfg))
+        elif args.command == "up":
+            print(f"Starting the local stack in {cfg.dir} ...")
+            print(format_status(stack.up(args.services)))
+            print(f"\nConnection settings: source {cfg.connection_file}")
+        elif args.command == "down":
+            stack.down(args.services)
+            print(format_status(stack.status(args.services)))
+        elif args.command == "status":
+            rows = stack.status(args.services)
+            print(format_status(rows))
+            return 0 if all(r.state == "up" for r in rows) else 3
+        elif args.command == "env":
+            print(stack.write_connection_file())
+    except (StackError, NotReady, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,97 @@
+"""Readiness probes: each asks a service to do real work (log in, list topics, answer a query)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+
+class NotReady(Exception):
+    """A service did not become ready in time; the message says what was last seen."""
+
+
+def wait_until(probe: Callable[[], object], timeout_s: float, what: str,
+               abort: Callable[[], str | None] = lambda: None) -> object:
+    """Call `probe` until it returns a truthy value without raising; `abort` may end the wait early."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    delay = 0.1
+    while True:
+        try:
+            result = probe()
+            if result:
+                return result
+            last = f"probe returned {result!r}"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            last = f"{type(exc).__name__}: {exc}"
+        reason = abort()
+        if reason:
+            raise NotReady(f"{what}: {reason}")
+        if time.monotonic() >= deadline:
+            raise NotReady(f"{what}: not ready after {timeout_s:.0f} s (last: {last})")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+def port_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        return sock.connect_ex((host, port)) == 0
+
+
+def mqtt_connack(host: str, port: int, username: str | None, password: str | None,
+                 timeout_s: float = 5.0) -> mqtt.ReasonCode:
+    """Connect to an MQTT broker and return the broker's CONNACK reason code (success or why refused)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    if username is not None:
+        client.username_pw_set(username, password)
+    answer: list[mqtt.ReasonCode] = []
+    client.on_connect = lambda _c, _u, _f, reason_code, _p: answer.append(reason_code)
+    client.connect(host, port, keepalive=10)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not answer and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+    finally:
+        client.disconnect()
+    if not answer:
+        raise TimeoutError(f"no CONNACK from MQTT broker {host}:{port} within {timeout_s} s")
+    return answer[0]
+
+
+def mqtt_login_ok(host: str, port: int, username: str, password: str) -> bool:
+    return not mqtt_connack(host, port, username, password).is_failure
+
+
+def kafka_topics(bootstrap: str) -> set[str]:
+    """Topic names, listed through the broker's admin API."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="stack-probe")
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+
+
+def sql_answers(host: str, port: int) -> bool:
+    """True when the HiveServer2 endpoint runs a query."""
+    from impala.dbapi import connect
+
+    if not port_open(host, port):
+        return False
+
+    with connect(host=host, port=port, auth_mechanism="PLAIN", user="probe", password="unused",
+                 timeout=10) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        return cur.fetchall() == [(1,)]
