@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 import urllib.request
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+
+
+# Probing a starting SQL server means refused connections, which thrift would log as errors, one per try.
+logging.getLogger("thrift.transport.TSocket").setLevel(logging.CRITICAL)
 
 
 class NotReady(Exception):
@@ -37,7 +42,8 @@ def wait_until(probe: Callable[[], object], timeout_s: float, what: str,
         delay = min(delay * 1.5, 1.0)
 
 
-def port_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
+def port_open(host: str, port: int | str, timeout_s: float = 1.0) -> bool:
+    port = int(port)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         return sock.connect_ex((host, port)) == 0
@@ -71,6 +77,8 @@ def kafka_topics(bootstrap: str) -> set[str]:
     """Topic names, listed through the broker's admin API."""
     from kafka import KafkaAdminClient
 
+    if not port_open(*bootstrap.rsplit(":", 1)):
+        raise ConnectionRefusedError(f"nothing listens on {bootstrap}")
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="stack-probe")
     try:
         return set(admin.list_topics())

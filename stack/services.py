@@ -13,6 +13,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from sql.client import cursor
 from stack import probes
 from stack.config import StackConfig
 from stack.kudu_table import ensure_table, impala_kudu_table_name, kudu_environment, load_sensors_spec
@@ -185,8 +186,9 @@ class Kafka(Service):
     def _format_storage(self) -> None:
         """Format the KRaft storage once, with a fresh cluster id."""
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # `--cluster-id=` form: a base64 id may start with "-", which would read as an option.
         command = self._java("kafka.tools.StorageTool", "format", "--standalone",
-                             "-t", cluster_id, "-c", str(self.properties_file))
+                             f"--cluster-id={cluster_id}", f"--config={self.properties_file}")
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}")
@@ -332,12 +334,8 @@ class SqlServer(Service):
 
     def initialise(self, secrets: dict[str, str]) -> str | None:
         """(Re)register `sensors` as a Spark table over the Kudu table; dropping it leaves Kudu's data alone."""
-        from impala.dbapi import connect
-
         kudu_table = impala_kudu_table_name(SQL_TABLE)
-        with connect(host=self.cfg.host, port=self.cfg.sql_port, auth_mechanism="PLAIN",
-                     user="stack", password="unused") as conn:
-            cur = conn.cursor()
+        with cursor(self.cfg.host, self.cfg.sql_port) as cur:
             cur.execute(f"DROP TABLE IF EXISTS {SQL_TABLE}")
             cur.execute(
                 f"CREATE TABLE {SQL_TABLE} USING kudu OPTIONS ("
