@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from impala.dbapi import connect as impyla_connect
 from impala.error import HiveServer2Error
@@ -28,10 +28,8 @@ def cursor(host: str | None = None, port: int | None = None, timeout_s: float = 
         # Each impyla cursor is its own server-side session: settings must be made on the cursor we hand out.
         cur = conn.cursor()
         for statement in SPARK_SESSION_SETTINGS:
-            try:
+            with suppress(HiveServer2Error):
                 cur.execute(statement)
-            except HiveServer2Error:
-                pass
         yield cur
         cur.close()
     finally:

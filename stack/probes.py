@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-
 # Probing a starting SQL server means refused connections, which thrift would log as errors, one per try.
 logging.getLogger("thrift.transport.TSocket").setLevel(logging.CRITICAL)
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +50,8 @@ def start_time_of(pid: int) -> str | None:
 
 def _reap(pid: int) -> None:
     """Collect an exited child of ours, so it does not linger as a zombie."""
-    try:
+    with suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def is_alive(record: PidRecord) -> bool:
@@ -123,7 +122,5 @@ def stop_group(record: PidRecord, grace_s: float = 30.0) -> bool:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass

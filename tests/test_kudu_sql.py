@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from sql.client import query
 from stack.kudu_table import kudu_cli, load_sensors_spec
 
