@@ -78,7 +78,8 @@ def test_lab9_ddl_translates_to_the_kudu_table_impala_would_create():
     assert (spec.hash_buckets, spec.replicas) == (16, 1)
 
 
-@pytest.mark.parametrize("ddl, message", [
+@pytest.mark.parametrize("ddl, message", ids=["not-kudu", "bad-type", "no-key", "unknown-key", "no-partition"],
+                         argvalues=[
     ("CREATE TABLE t (a INT, PRIMARY KEY (a)) PARTITION BY HASH PARTITIONS 2", "STORED AS KUDU"),
     ("CREATE TABLE t (a INT, b DECIMAL, PRIMARY KEY (a)) PARTITION BY HASH PARTITIONS 2 STORED AS KUDU",
      "column 'b': type 'DECIMAL'"),
