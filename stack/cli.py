@@ -30,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings: stack/stack.toml; override any with STACK_<KEY>, e.g. STACK_KAFKA_PORT=19092.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("install", help="install the JVM parts and generate secrets (idempotent)")
+    install_cmd = commands.add_parser("install", help="install the JVM parts and generate secrets (idempotent)")
+    install_cmd.add_argument("--installed", action="append", default=[], metavar="WHAT",
+                             help="something an earlier setup step installed, for the summary line")
+    install_cmd.add_argument("--started-at", type=float, metavar="EPOCH_S",
+                             help="when setup started (seconds since the epoch), for the summary line")
     for name, text in (("up", "start services and wait until each is ready (harmless if up)"),
                        ("down", "stop services; no process of the stack is left"),
                        ("status", "show each service's address, state, pid, memory and log file")):
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(cfg)
     try:
         if args.command == "install":
-            print(install(cfg))
+            print(install(cfg, args.installed, args.started_at))
         elif args.command == "up":
             print(f"Starting the local stack in {cfg.dir} ...")
             print(format_status(stack.up(args.services)))

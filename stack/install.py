@@ -104,15 +104,15 @@ def generate_secrets(cfg: StackConfig) -> bool:
     return not existed
 
 
-def install(cfg: StackConfig) -> str:
-    """Run every install step; return a one-line summary."""
+def install(cfg: StackConfig, installed_before: list[str] | None = None, started_at: float | None = None) -> str:
+    """Run every install step; return a one-line summary (including what earlier setup steps installed)."""
     t0 = time.monotonic()
     steps = [
         ("Kafka + Kudu from Maven Central", lambda: install_jvm_parts(cfg)),
         ("Spark connectors (" + ", ".join(connector_packages()) + ")", lambda: install_spark_connectors(cfg)),
         ("secrets (MQTT password, model access key)", lambda: generate_secrets(cfg)),
     ]
-    installed = []
+    installed = list(installed_before or [])
     for index, (title, step) in enumerate(steps, start=1):
         print(f"[install {index}/{len(steps)}] {title}", flush=True)
         step_t0 = time.monotonic()
@@ -120,10 +120,10 @@ def install(cfg: StackConfig) -> str:
             installed.append(f"{title.split(' (')[0]} ({time.monotonic() - step_t0:.0f} s)")
         else:
             print("  already installed", flush=True)
-    total = time.monotonic() - t0
+    total = time.time() - started_at if started_at else time.monotonic() - t0
     sizes = _size_mb(cfg.install_dir / "jvm") + _size_mb(cfg.ivy_dir)
     what = "; ".join(installed) if installed else "nothing new"
-    return f"installed: {what}; JVM parts {sizes:.0f} MB in {cfg.install_dir}; {total:.0f} s"
+    return f"setup done in {total:.0f} s; installed: {what}; JVM parts {sizes:.0f} MB in {cfg.install_dir}"
 
 
 def _size_mb(path: Path) -> float:

@@ -11,7 +11,8 @@ PYTHON=${PYTHON:-python3}
 VENV=.venv
 installed=()
 
-step() { printf '\n[setup %s] %s\n' "$1" "$2"; }
+step() { printf '\n[setup %s] %s\n' "$1" "$2"; step_started=$(date +%s); }
+took() { echo "$(( $(date +%s) - step_started )) s"; }
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"
@@ -36,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update
   as_root apt-get install -y --no-install-recommends "${missing[@]}"
-  installed+=("apt: ${missing[*]}")
+  installed+=("apt: ${missing[*]} ($(took))")
 else
   echo "already installed"
 fi
@@ -54,11 +55,9 @@ else
   "$VENV/bin/python" -m pip install --progress-bar "$progress" --disable-pip-version-check -q --upgrade pip
   "$VENV/bin/python" -m pip install --progress-bar "$progress" --disable-pip-version-check -e '.[dev]'
   echo "$want" > "$stamp"
-  installed+=("python packages")
+  installed+=("Python packages ($(took))")
 fi
 
 step 3/3 "JVM parts, Spark connectors, secrets"
-summary=$("$VENV/bin/python" -m stack install | tee /dev/stderr | tail -n1)
-
-echo
-echo "setup done in $(( $(date +%s) - started )) s. ${installed[*]:+${installed[*]}; }${summary}"
+# install.py prints the one-line summary of the whole setup, including what the steps above installed.
+"$VENV/bin/python" -m stack install --started-at "$started" ${installed[@]+"${installed[@]/#/--installed=}"}
