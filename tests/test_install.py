@@ -34,7 +34,8 @@ def test_spark_connectors_resolve_from_the_local_cache_without_network(tmp_path)
         "from pyspark.sql import SparkSession\n"
         "spark = SparkSession.builder.getOrCreate()\n"
         "jvm = spark.sparkContext._jvm\n"
-        "for name in ('org.apache.spark.sql.kafka010.KafkaSourceProvider', 'org.apache.kudu.spark.kudu.DefaultSource'):\n"
+        "for name in ('org.apache.spark.sql.kafka010.KafkaSourceProvider',\n"
+        "             'org.apache.kudu.spark.kudu.DefaultSource'):\n"
         "    jvm.java.lang.Class.forName(name, True, jvm.Thread.currentThread().getContextClassLoader())\n"
         "print('CONNECTORS LOADED')\n"
     )
