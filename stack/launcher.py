@@ -9,7 +9,7 @@ from pathlib import Path
 from stack import probes
 from stack.config import StackConfig
 from stack.process import PidRecord, group_members, is_alive, rss_bytes, spawn, stop_group
-from stack.secrets import ensure_secrets, write_env_file
+from stack.secrets import ensure_secrets, read_env_file, write_env_file
 from stack.services import Service, all_services
 
 CONNECTION_VARIABLES = (
@@ -126,7 +126,7 @@ class Stack:
         return killed
 
     def status(self, names: list[str] | None = None) -> list[ServiceStatus]:
-        secrets = ensure_secrets(self.cfg.secrets_file)
+        secrets = read_env_file(self.cfg.secrets_file) if self.cfg.secrets_file.exists() else {}
         rows = []
         for service in self.select(names):
             record = PidRecord.load(service.pid_file)

@@ -38,6 +38,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update
   as_root apt-get install -y --no-install-recommends "${missing[@]}"
   installed+=("apt: ${missing[*]} ($(took))")
+  # Debian starts a system-wide Mosquitto on port 1883 where systemd runs; the project runs its own broker
+  # (password auth, its own persistence) on that port, so the system one we just installed is switched off.
+  if [[ " ${missing[*]} " == *" mosquitto "* ]] && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now mosquitto.service && echo "disabled the system mosquitto.service (the stack runs its own)"
+  fi
 else
   echo "already installed"
 fi
