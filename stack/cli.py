@@ -19,8 +19,7 @@ from stack.config import load_config
 from stack.install import install
 from stack.launcher import Stack, StackError, format_status
 from stack.probes import NotReady
-
-SERVICE_NAMES = ("mosquitto", "kafka", "kudu-master", "kudu-tserver", "sql")
+from stack.services import SERVICE_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,9 +27,10 @@ SQL_TABLE = "sensors"
 class Service:
     """One daemon of the stack. Subclasses fill in the blanks."""
 
-    def __init__(self, cfg: StackConfig, name: str):
+    name = ""
+
+    def __init__(self, cfg: StackConfig):
         self.cfg = cfg
-        self.name = name
 
     @property
     def address(self) -> str:
@@ -67,8 +68,7 @@ class Service:
 class Mosquitto(Service):
     """Eclipse Mosquitto with password authentication and persistence (for persistent sessions)."""
 
-    def __init__(self, cfg: StackConfig):
-        super().__init__(cfg, "mosquitto")
+    name = "mosquitto"
 
     @property
     def address(self) -> str:
@@ -121,8 +121,7 @@ class Mosquitto(Service):
 class Kafka(Service):
     """Apache Kafka as a single-node KRaft broker and controller."""
 
-    def __init__(self, cfg: StackConfig):
-        super().__init__(cfg, "kafka")
+    name = "kafka"
 
     @property
     def address(self) -> str:
@@ -253,8 +252,10 @@ class _KuduDaemon(Service):
 
 
 class KuduMaster(_KuduDaemon):
+    name = "kudu-master"
+
     def __init__(self, cfg: StackConfig):
-        super().__init__(cfg, "kudu-master")
+        super().__init__(cfg)
         self.rpc_port, self.web_port = cfg.kudu_master_port, cfg.kudu_master_web_port
 
     def command(self) -> list[str]:
@@ -263,8 +264,10 @@ class KuduMaster(_KuduDaemon):
 
 
 class KuduTabletServer(_KuduDaemon):
+    name = "kudu-tserver"
+
     def __init__(self, cfg: StackConfig):
-        super().__init__(cfg, "kudu-tserver")
+        super().__init__(cfg)
         self.rpc_port, self.web_port = cfg.kudu_tserver_port, cfg.kudu_tserver_web_port
 
     def command(self) -> list[str]:
@@ -294,8 +297,7 @@ class KuduTabletServer(_KuduDaemon):
 class SqlServer(Service):
     """Spark Thrift Server: a HiveServer2 endpoint (what impyla speaks to Impala) over the Kudu table."""
 
-    def __init__(self, cfg: StackConfig):
-        super().__init__(cfg, "sql")
+    name = "sql"
 
     @property
     def address(self) -> str:
@@ -344,9 +346,13 @@ class SqlServer(Service):
         return f"SQL table {SQL_TABLE} -> Kudu {kudu_table}"
 
 
+SERVICE_CLASSES: tuple[type[Service], ...] = (Mosquitto, Kafka, KuduMaster, KuduTabletServer, SqlServer)
+SERVICE_NAMES = tuple(service.name for service in SERVICE_CLASSES)
+
+
 def all_services(cfg: StackConfig) -> list[Service]:
     """Every service, in readiness order."""
-    return [Mosquitto(cfg), Kafka(cfg), KuduMaster(cfg), KuduTabletServer(cfg), SqlServer(cfg)]
+    return [service(cfg) for service in SERVICE_CLASSES]
 
 
 def _require_binary(name: str) -> str:

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from stack.process import PidRecord, group_members, is_alive
+from stack.services import SERVICE_NAMES as SERVICES
 from tests.conftest import stack_environment
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-SERVICES = ("mosquitto", "kafka", "kudu-master", "kudu-tserver", "sql")
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
