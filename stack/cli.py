@@ -17,7 +17,7 @@ import sys
 
 from stack.config import load_config
 from stack.install import install
-from stack.launcher import Stack, StackError, format_status
+from stack.launcher import Stack, format_status
 from stack.probes import NotReady
 from stack.services import SERVICE_NAMES
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(r.state == "up" for r in rows) else 3
         elif args.command == "env":
             print(stack.write_connection_file())
-    except (StackError, NotReady, FileNotFoundError) as exc:
+    except (RuntimeError, NotReady, FileNotFoundError) as exc:  # StackError is a RuntimeError
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -111,19 +111,16 @@ class Stack:
                 f"or with STACK_* variables."
             )
 
-    def down(self, names: list[str] | None = None) -> list[str]:
-        """Stop the selected services (all by default), newest first. Returns what had to be killed."""
-        killed = []
+    def down(self, names: list[str] | None = None) -> None:
+        """Stop the selected services (all by default), in reverse start order."""
         for service in reversed(self.select(names)):
             record = PidRecord.load(service.pid_file)
             if record is None:
                 continue
             if is_alive(record) or group_members(record.pid):
-                if stop_group(record):
-                    killed.append(service.name)
-                self.log(f"  {service.name:<13} stopped")
+                killed = stop_group(record)
+                self.log(f"  {service.name:<13} " + ("killed (did not stop on SIGTERM)" if killed else "stopped"))
             service.pid_file.unlink(missing_ok=True)
-        return killed
 
     def status(self, names: list[str] | None = None) -> list[ServiceStatus]:
         secrets = read_env_file(self.cfg.secrets_file) if self.cfg.secrets_file.exists() else {}
