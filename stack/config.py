@@ -62,6 +62,11 @@ class StackConfig:
         return self.dir / "connection.env"
 
     @property
+    def model_file(self) -> Path:
+        """The served model (the promoted pipeline and its metadata, one file)."""
+        return self.dir / "model" / "iot_model.joblib"
+
+    @property
     def kafka_libs(self) -> Path:
         return self.install_dir / "jvm" / "kafka" / "libs"
 

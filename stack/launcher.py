@@ -86,7 +86,7 @@ class Stack:
             self._check_port_free(service)
             service.prepare(secrets)
             started[service.name] = spawn(service.command(), service.log_file, service.pid_file,
-                                          service.environment(), cwd=self.cfg.dir)
+                                          service.environment(secrets), cwd=self.cfg.dir)
             self.log(f"  {service.name:<13} started (pid {started[service.name].pid})")
         for service in chosen:
             t0 = time.monotonic()

@@ -10,6 +10,7 @@ import getpass
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class Service:
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
         return dict(os.environ)
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
@@ -244,7 +245,7 @@ class _KuduDaemon(Service):
             "--enable_minidumps=false",
         ]
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
         return kudu_environment(self.cfg.kudu_home)
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
@@ -328,7 +329,7 @@ class SqlServer(Service):
                  "--hiveconf", f"hive.server2.thrift.port={self.cfg.sql_port}"],
         )
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
         return spark_environment(self.cfg)
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
@@ -346,7 +347,39 @@ class SqlServer(Service):
         return f"SQL table {SQL_TABLE} -> Kudu {kudu_table}"
 
 
-SERVICE_CLASSES: tuple[type[Service], ...] = (Mosquitto, Kafka, KuduMaster, KuduTabletServer, SqlServer)
+class ModelServer(Service):
+    """The Flask model server behind gunicorn, serving the promoted model (trained on first use)."""
+
+    name = "model"
+    FIRST_MODEL = (20, 20)  # the workshop's first run: 20 trees, depth 20
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.cfg.host}:{self.cfg.model_port}"
+
+    def prepare(self, secrets: dict[str, str]) -> None:
+        if self.cfg.model_file.exists():
+            return
+        from model.registry import promote
+        from model.train import train
+
+        trees, depth = self.FIRST_MODEL
+        print(f"  {self.name:<13} no served model yet: training one ({trees} trees, depth {depth}) ...", flush=True)
+        result = train(trees, depth)
+        promote(result.run_id, self.cfg.model_file)
+        print(f"  {self.name:<13} trained run {result.run_id} (auroc {result.auroc:.4f}) and promoted it", flush=True)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "model", "serve", "--host", self.cfg.host, "--port", str(self.cfg.model_port)]
+
+    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
+        return {**os.environ, "MODEL_ACCESS_KEY": secrets["MODEL_ACCESS_KEY"], "MODEL_PATH": str(self.cfg.model_file)}
+
+    def is_ready(self, secrets: dict[str, str]) -> bool:
+        return probes.http_ok(f"{self.address}/health")
+
+
+SERVICE_CLASSES: tuple[type[Service], ...] = (Mosquitto, Kafka, KuduMaster, KuduTabletServer, SqlServer, ModelServer)
 SERVICE_NAMES = tuple(service.name for service in SERVICE_CLASSES)
 
 

@@ -1,0 +1,54 @@
+"""The model server (lab 8): a Flask app that scores sensor readings with the promoted random forest.
+
+Run it behind gunicorn (what `make up` does):
+
+    MODEL_ACCESS_KEY=... python -m model serve --host 127.0.0.1 --port 8000
+
+Routes (see model/server/api.py): POST /predict, POST /predict/batch (JSON or Arrow IPC), POST /model/reload,
+GET /health, GET /model, and the workshop's CDSW route POST /api/altus-ds-1/models/call-model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from model.registry import model_path
+from model.server.scoring import ModelHolder
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # ~250,000 rows as JSON, far more as Arrow
+log = logging.getLogger(__name__)
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """App factory. Settings: MODEL_ACCESS_KEY (required), MODEL_PATH, MODEL_MAX_BODY_BYTES (env or `config`)."""
+    app = Flask(__name__)
+    app.config.from_mapping(
+        MODEL_ACCESS_KEY=os.environ.get("MODEL_ACCESS_KEY", ""),
+        MODEL_PATH=str(model_path()),
+        MAX_CONTENT_LENGTH=int(os.environ.get("MODEL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+    )
+    app.config.update(config or {})
+    if not app.config["MODEL_ACCESS_KEY"]:
+        raise RuntimeError("MODEL_ACCESS_KEY is not set: the model server refuses to run without an access key "
+                           "(source .stack/connection.env)")
+    app.extensions["model"] = ModelHolder(Path(app.config["MODEL_PATH"]))
+
+    from model.server.api import bp
+
+    app.register_blueprint(bp)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return jsonify(error=exc.description, status=exc.code), exc.code
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        log.exception("unexpected error while serving a request")
+        return jsonify(error="internal error; see the server log", status=500), 500
+
+    return app

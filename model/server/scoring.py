@@ -1,0 +1,50 @@
+"""The served model in memory: loaded once, scored without locks, swapped atomically on reload."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from contract import N_SENSORS
+from model.registry import ModelInfo, load_served_model
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    pipeline: object
+    info: ModelInfo
+
+
+class ModelHolder:
+    """Holds the current model. Readers take one reference and use it for the whole request, so a reload
+    (which builds the new model first and then replaces the reference in one assignment) is never seen half-done."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._current = self._load()
+        self._reload_lock = threading.Lock()
+
+    def _load(self) -> LoadedModel:
+        pipeline, info = load_served_model(self.path)
+        # One request scores on one core: joblib's worker pool costs more than it saves at serving batch sizes,
+        # and the WSGI server already runs requests in parallel.
+        pipeline.set_params(forest__n_jobs=1)
+        return LoadedModel(pipeline, info)
+
+    @property
+    def current(self) -> LoadedModel:
+        return self._current
+
+    def reload(self) -> ModelInfo:
+        with self._reload_lock:
+            self._current = self._load()
+        return self._current.info
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Verdicts (1 healthy, 0 likely to break) for an (n, 12) float64 array."""
+        if rows.ndim != 2 or rows.shape[1] != N_SENSORS:
+            raise ValueError(f"expected an (n, {N_SENSORS}) array, got shape {rows.shape}")
+        return self._current.pipeline.predict(rows).astype(np.int8)
