@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status demo test test-fast lint clean
+.PHONY: help setup up down status demo test lint clean train experiments mlflow-ui bench bench-model
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,21 @@ demo: up ## set up, start the stack and show its status (the pipeline joins as i
 
 test: setup ## run the whole test suite against real services (started by the tests themselves)
 	@$(PY) -m pytest -v
+
+train: setup ## lab 2: train the workshop's first model (20 trees, depth 20) as an MLflow run
+	@$(PY) -m model.train --num-trees 20 --max-depth 20
+
+experiments: setup ## lab 7: run the grid (20/20, 15/25, 25/20, 20/25), rank by auroc, serve the best
+	@$(PY) -m model.experiments --promote-best
+
+mlflow-ui: ## MLflow's UI over the project's runs, on http://127.0.0.1:5000
+	@$(PY) -m mlflow ui --backend-store-uri "$$($(PY) -c 'from model.registry import tracking_uri; print(tracking_uri())')" \
+		--host 127.0.0.1 --port 5000
+
+bench: bench-model ## every benchmark
+
+bench-model: setup ## model server over HTTP vs in-process predict: rows/s by batch size, single-call p50/p99
+	@$(PY) -m bench.model_bench
 
 lint: ## ruff
 	@$(PY) -m ruff check .

@@ -14,13 +14,9 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import asdict
 
-from model.registry import best_run_id, load_served_model, promote
-from stack.config import load_config
-from stack.secrets import read_env_file
+from model.registry import best_run_id, load_served_model, promote, tell_server_to_reload
 
 
 def serve(host: str, port: int, threads: int, access_log: bool) -> None:
@@ -33,30 +29,6 @@ def serve(host: str, port: int, threads: int, access_log: bool) -> None:
     if access_log:
         argv += ["--access-logfile", "-"]
     os.execv(sys.executable, [*argv, "model.server:create_app()"])
-
-
-def connection_settings() -> dict[str, str]:
-    """MODEL_URL and MODEL_ACCESS_KEY from the environment, else from the stack's connection.env."""
-    path = load_config().connection_file
-    settings = read_env_file(path) if path.exists() else {}
-    settings.update({k: v for k, v in os.environ.items() if k in ("MODEL_URL", "MODEL_ACCESS_KEY")})
-    return settings
-
-
-def tell_server_to_reload() -> str:
-    settings = connection_settings()
-    if not settings.get("MODEL_URL") or not settings.get("MODEL_ACCESS_KEY"):
-        return "no MODEL_URL/MODEL_ACCESS_KEY known: a model server loads the new model when it starts"
-    req = urllib.request.Request(f"{settings['MODEL_URL']}/model/reload", method="POST", data=b"",
-                                 headers={"Authorization": f"Bearer {settings['MODEL_ACCESS_KEY']}"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as response:
-            version = json.load(response)["model"]["version"]
-        return f"the model server at {settings['MODEL_URL']} now serves version {version}"
-    except urllib.error.HTTPError as exc:
-        return f"the model server at {settings['MODEL_URL']} refused the reload: {exc.code} {exc.read()[:300]!r}"
-    except OSError:
-        return f"no model server answers at {settings['MODEL_URL']}: it loads the new model when it starts"
 
 
 def main(argv: list[str] | None = None) -> None:

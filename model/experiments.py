@@ -12,7 +12,7 @@ import argparse
 
 from tqdm import tqdm
 
-from model.registry import promote
+from model.registry import promote, tell_server_to_reload
 from model.train import DEFAULT_SEED, RunResult, held_out_split, train
 
 LAB7_GRID: tuple[tuple[int, int], ...] = ((20, 20), (15, 25), (25, 20), (20, 25))
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.promote_best:
         info = promote(results[0].run_id)
         print(f"promoted run {info.run_id} (auroc {results[0].auroc:.4f}) as served model version {info.version}")
+        print(tell_server_to_reload())
 
 
 if __name__ == "__main__":

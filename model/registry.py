@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +21,7 @@ import joblib
 
 from contract import FEATURES
 from stack.config import REPO_ROOT, load_config
+from stack.secrets import read_env_file
 
 EXPERIMENT = "iot-predictive-maintenance"
 DEFAULT_TRACKING_DIR = REPO_ROOT / "mlruns"
@@ -116,3 +120,27 @@ def best_run_id() -> str:
     if runs.empty:
         raise LookupError(f"no runs in MLflow experiment {EXPERIMENT!r} ({tracking_uri()}): train first")
     return str(runs.iloc[0]["run_id"])
+
+
+def connection_settings() -> dict[str, str]:
+    """MODEL_URL and MODEL_ACCESS_KEY from the environment, else from the stack's connection.env."""
+    path = load_config().connection_file
+    settings = read_env_file(path) if path.exists() else {}
+    settings.update({k: v for k, v in os.environ.items() if k in ("MODEL_URL", "MODEL_ACCESS_KEY")})
+    return settings
+
+
+def tell_server_to_reload() -> str:
+    settings = connection_settings()
+    if not settings.get("MODEL_URL") or not settings.get("MODEL_ACCESS_KEY"):
+        return "no MODEL_URL/MODEL_ACCESS_KEY known: a model server loads the new model when it starts"
+    req = urllib.request.Request(f"{settings['MODEL_URL']}/model/reload", method="POST", data=b"",
+                                 headers={"Authorization": f"Bearer {settings['MODEL_ACCESS_KEY']}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            version = json.load(response)["model"]["version"]
+        return f"the model server at {settings['MODEL_URL']} now serves version {version}"
+    except urllib.error.HTTPError as exc:
+        return f"the model server at {settings['MODEL_URL']} refused the reload: {exc.code} {exc.read()[:300]!r}"
+    except OSError:
+        return f"no model server answers at {settings['MODEL_URL']}: it loads the new model when it starts"

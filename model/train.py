@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 
 from contract import FEATURES, HEALTHY, LABEL
 from model.data import HISTORY_FILE, load_history
-from model.registry import promote, use_tracking_store
+from model.registry import promote, tell_server_to_reload, use_tracking_store
 
 DEFAULT_SEED = 42
 DEFAULT_TEST_SIZE = 0.25
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.promote:
         info = promote(result.run_id)
         print(f"promoted run {info.run_id} as served model version {info.version}")
+        print(tell_server_to_reload())
 
 
 if __name__ == "__main__":

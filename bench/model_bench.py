@@ -1,0 +1,130 @@
+"""Benchmark the model server against in-process predict on the held-out rows.
+
+Usage:
+    python -m bench.model_bench [--single-calls 2000] [--batch-sizes 100 1000 10000] [--seconds 3]
+
+Starts `python -m model serve` (gunicorn, 1 worker, 4 threads) on a free loopback port with the served model
+(the stack's, or MODEL_PATH), then measures, each for about `--seconds`:
+  - in-process: the pipeline's predict on the same rows, one core (the ceiling);
+  - batch over HTTP: rows/s per batch size, Arrow IPC and JSON, including the client's encoding and decoding;
+  - single calls: p50/p99 latency of POST /predict with the workshop's feature string.
+Checks that the server's answers equal in-process predict on every held-out row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import requests
+
+from contract import FEATURES, format_feature_string
+from model.registry import load_served_model, model_path
+from model.server.api import ARROW_STREAM
+from model.train import held_out_split
+from stack.probes import http_ok, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def arrow_body(rows: np.ndarray) -> bytes:
+    table = pa.table({name: rows[:, i] for i, name in enumerate(FEATURES)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def timed_loop(step, rows: np.ndarray, batch: int, seconds: float) -> tuple[float, np.ndarray]:
+    """Call step(batch_rows) over consecutive batches for about `seconds`; rows/s and the last full pass."""
+    batches = [rows[i : i + batch] for i in range(0, len(rows) - batch + 1, batch)]
+    done, results, start = 0, [], time.perf_counter()
+    while True:
+        for chunk in batches:
+            results.append(step(chunk))
+            done += len(chunk)
+        if time.perf_counter() - start >= seconds:
+            break
+        results = []
+    return done / (time.perf_counter() - start), np.concatenate(results)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.model_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000, 10_000])
+    parser.add_argument("--single-calls", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement (default 3)")
+    args = parser.parse_args(argv)
+
+    rows = held_out_split().x_test
+    pipeline, info = load_served_model()
+    pipeline.set_params(forest__n_jobs=1)
+    print(f"model version {info.version} (run {info.run_id}, params {info.params}); {len(rows):,} held-out rows")
+
+    key, port = secrets.token_urlsafe(24), free_port()
+    env = {**os.environ, "MODEL_ACCESS_KEY": key, "MODEL_PATH": str(model_path())}
+    server = subprocess.Popen([sys.executable, "-m", "model", "serve", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {key}"
+    try:
+        wait_until(lambda: http_ok(f"{base}/health"), 60, "model server")
+
+        def via_arrow(chunk: np.ndarray) -> np.ndarray:
+            response = session.post(f"{base}/predict/batch", data=arrow_body(chunk),
+                                    headers={"Content-Type": ARROW_STREAM}, timeout=60)
+            response.raise_for_status()
+            return pa.ipc.open_stream(response.content).read_all().column("result").to_numpy()
+
+        def via_json(chunk: np.ndarray) -> np.ndarray:
+            response = session.post(f"{base}/predict/batch", json={"rows": chunk.tolist()}, timeout=60)
+            response.raise_for_status()
+            return np.array(response.json()["results"])
+
+        print(f"\n{'batch':>7}  {'in-process rows/s':>18}  {'HTTP Arrow rows/s':>18}  {'ratio':>6}  "
+              f"{'HTTP JSON rows/s':>17}  {'ratio':>6}")
+        for batch in args.batch_sizes:
+            local_rate, local = timed_loop(pipeline.predict, rows, batch, args.seconds)
+            arrow_rate, served = timed_loop(via_arrow, rows, batch, args.seconds)
+            json_rate, served_json = timed_loop(via_json, rows, batch, args.seconds)
+            if not (np.array_equal(served, local) and np.array_equal(served_json, local)):
+                sys.exit(f"MISMATCH: the server's answers differ from in-process predict at batch {batch}")
+            print(f"{batch:>7,}  {local_rate:>18,.0f}  {arrow_rate:>18,.0f}  {local_rate / arrow_rate:>5.2f}x  "
+                  f"{json_rate:>17,.0f}  {local_rate / json_rate:>5.2f}x")
+
+        latencies = []
+        for row in rows[: args.single_calls]:
+            body = {"feature": format_feature_string(row)}
+            start = time.perf_counter()
+            response = session.post(f"{base}/predict", json=body, timeout=10)
+            latencies.append(time.perf_counter() - start)
+            response.raise_for_status()
+        local_latencies = []
+        for row in rows[: args.single_calls]:
+            start = time.perf_counter()
+            pipeline.predict(row.reshape(1, -1))
+            local_latencies.append(time.perf_counter() - start)
+        p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+        l50, l99 = np.percentile(local_latencies, [50, 99]) * 1000
+        print(f"\nsingle /predict calls ({args.single_calls:,}): p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+              f"(in-process predict of one row: p50 {l50:.2f} ms, p99 {l99:.2f} ms)")
+        print("answers: equal to in-process predict on every held-out row")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
