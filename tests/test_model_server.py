@@ -21,6 +21,7 @@ from model.server import create_app
 from model.server.api import ARROW_STREAM
 from model.train import held_out_split, train
 from stack.probes import http_ok, wait_until
+from stack.secrets import read_env_file
 from tests.conftest import free_ports
 
 KEY = "test-key-" + "x" * 24
@@ -212,3 +213,14 @@ def test_real_wsgi_server_on_a_free_port(served_model_file):
 def test_server_refuses_to_start_without_a_key(served_model_file):
     with pytest.raises(RuntimeError, match="MODEL_ACCESS_KEY"):
         create_app({"MODEL_ACCESS_KEY": "", "MODEL_PATH": str(served_model_file)})
+
+
+@pytest.mark.stack
+def test_make_up_serves_the_model_at_model_url_with_the_generated_key(local_stack):
+    settings = read_env_file(local_stack.cfg.connection_file)
+    req = urllib.request.Request(f"{settings['MODEL_URL']}/predict", method="POST",
+                                 data=json.dumps({"feature": FAILING_EXAMPLE}).encode(),
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {settings['MODEL_ACCESS_KEY']}"})
+    with urllib.request.urlopen(req, timeout=10) as response:
+        assert json.load(response) == {"result": 0}
