@@ -21,7 +21,7 @@ import joblib
 
 from contract import FEATURES
 from stack.config import REPO_ROOT, load_config
-from stack.secrets import read_env_file
+from stack.connection import connection_settings
 
 EXPERIMENT = "iot-predictive-maintenance"
 DEFAULT_TRACKING_DIR = REPO_ROOT / "mlruns"
@@ -120,14 +120,6 @@ def best_run_id() -> str:
     if runs.empty:
         raise LookupError(f"no runs in MLflow experiment {EXPERIMENT!r} ({tracking_uri()}): train first")
     return str(runs.iloc[0]["run_id"])
-
-
-def connection_settings() -> dict[str, str]:
-    """MODEL_URL and MODEL_ACCESS_KEY from the environment, else from the stack's connection.env."""
-    path = load_config().connection_file
-    settings = read_env_file(path) if path.exists() else {}
-    settings.update({k: v for k, v in os.environ.items() if k in ("MODEL_URL", "MODEL_ACCESS_KEY")})
-    return settings
 
 
 def tell_server_to_reload() -> str:

@@ -12,11 +12,6 @@ from stack.process import PidRecord, group_members, is_alive, rss_bytes, spawn, 
 from stack.secrets import ensure_secrets, read_env_file, write_env_file
 from stack.services import Service, all_services
 
-CONNECTION_VARIABLES = (
-    "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP", "KUDU_MASTER",
-    "SQL_HOST", "SQL_PORT", "MODEL_URL", "MODEL_ACCESS_KEY",
-)
-
 
 @dataclass(frozen=True)
 class ServiceStatus:

@@ -9,8 +9,9 @@ import pyspark
 import pytest
 
 from stack.config import REPO_ROOT, load_config
+from stack.connection import CONNECTION_VARIABLES
 from stack.kudu_table import load_sensors_spec, parse_impala_kudu_ddl
-from stack.launcher import CONNECTION_VARIABLES, Stack
+from stack.launcher import Stack
 from stack.secrets import ensure_secrets, read_env_file
 from stack.spark import connector_packages, jvm_versions
 
