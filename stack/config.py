@@ -23,6 +23,7 @@ class StackConfig:
     host: str
     mqtt_port: int
     mqtt_max_queued_messages: int
+    mqtt_max_inflight_messages: int
     kafka_port: int
     kafka_controller_port: int
     kafka_heap: str

@@ -10,13 +10,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from stack.config import load_config
+from stack.config import StackConfig, load_config
 from stack.secrets import read_env_file
 
 CONNECTION_VARIABLES = (
     "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP", "KUDU_MASTER",
     "SQL_HOST", "SQL_PORT", "MODEL_URL", "MODEL_ACCESS_KEY",
 )
+
+
+def local_stack_settings(cfg: StackConfig, secrets: dict[str, str]) -> dict[str, str]:
+    """The connection variables of the local stack described by `cfg` (what `make up` writes)."""
+    return {
+        "MQTT_HOST": cfg.host,
+        "MQTT_PORT": str(cfg.mqtt_port),
+        "MQTT_USERNAME": secrets["MQTT_USERNAME"],
+        "MQTT_PASSWORD": secrets["MQTT_PASSWORD"],
+        "KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
+        "KUDU_MASTER": cfg.kudu_master_address,
+        "SQL_HOST": cfg.host,
+        "SQL_PORT": str(cfg.sql_port),
+        "MODEL_URL": f"http://{cfg.host}:{cfg.model_port}",
+        "MODEL_ACCESS_KEY": secrets["MODEL_ACCESS_KEY"],
+    }
 
 
 def connection_settings(connection_file: Path | None = None) -> dict[str, str]:

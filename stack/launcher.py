@@ -8,6 +8,7 @@ from pathlib import Path
 
 from stack import probes
 from stack.config import StackConfig
+from stack.connection import local_stack_settings
 from stack.process import PidRecord, group_members, is_alive, rss_bytes, spawn, stop_group
 from stack.secrets import ensure_secrets, read_env_file, write_env_file
 from stack.services import Service, all_services
@@ -44,24 +45,9 @@ class Stack:
             raise StackError(f"unknown service(s) {unknown}; known: {', '.join(known)}")
         return [s for s in self.services if s.name in names]
 
-    def connection_settings(self, secrets: dict[str, str]) -> dict[str, str]:
-        cfg = self.cfg
-        return {
-            "MQTT_HOST": cfg.host,
-            "MQTT_PORT": str(cfg.mqtt_port),
-            "MQTT_USERNAME": secrets["MQTT_USERNAME"],
-            "MQTT_PASSWORD": secrets["MQTT_PASSWORD"],
-            "KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
-            "KUDU_MASTER": cfg.kudu_master_address,
-            "SQL_HOST": cfg.host,
-            "SQL_PORT": str(cfg.sql_port),
-            "MODEL_URL": f"http://{cfg.host}:{cfg.model_port}",
-            "MODEL_ACCESS_KEY": secrets["MODEL_ACCESS_KEY"],
-        }
-
     def write_connection_file(self) -> Path:
         secrets = ensure_secrets(self.cfg.secrets_file)
-        write_env_file(self.cfg.connection_file, self.connection_settings(secrets),
+        write_env_file(self.cfg.connection_file, local_stack_settings(self.cfg, secrets),
                        "Connection settings of the local stack; `source` it, or point these at a real cluster.")
         return self.cfg.connection_file
 
@@ -98,7 +84,9 @@ class Stack:
         return self.status(names)
 
     def _check_port_free(self, service: Service) -> None:
-        port = int(service.address.rsplit(":", 1)[1])
+        if service.listen_port is None:
+            return
+        port = service.listen_port
         if probes.port_open(self.cfg.host, port):
             raise StackError(
                 f"{service.name}: port {port} on {self.cfg.host} is already in use by another process "

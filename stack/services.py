@@ -17,6 +17,7 @@ from pathlib import Path
 from sql.client import cursor
 from stack import probes
 from stack.config import StackConfig
+from stack.connection import local_stack_settings
 from stack.kudu_table import ensure_table, impala_kudu_table_name, kudu_environment, load_sensors_spec
 from stack.spark import spark_environment, spark_submit_command
 
@@ -36,6 +37,11 @@ class Service:
     @property
     def address(self) -> str:
         raise NotImplementedError
+
+    @property
+    def listen_port(self) -> int | None:
+        """The port the service listens on (None for a pure client such as the gateway)."""
+        return int(self.address.rsplit(":", 1)[1])
 
     @property
     def data_dir(self) -> Path:
@@ -104,7 +110,7 @@ class Mosquitto(Service):
             f"persistence_location {self.data_dir}/\n"
             "autosave_interval 5\n"
             f"max_queued_messages {self.cfg.mqtt_max_queued_messages}\n"
-            "max_inflight_messages 100\n"
+            f"max_inflight_messages {self.cfg.mqtt_max_inflight_messages}\n"
             "log_dest stdout\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "connection_messages true\n"
@@ -373,13 +379,48 @@ class ModelServer(Service):
         return [sys.executable, "-m", "model", "serve", "--host", self.cfg.host, "--port", str(self.cfg.model_port)]
 
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
-        return {**os.environ, "MODEL_ACCESS_KEY": secrets["MODEL_ACCESS_KEY"], "MODEL_PATH": str(self.cfg.model_file)}
+        return {**os.environ, **local_stack_settings(self.cfg, secrets), "MODEL_PATH": str(self.cfg.model_file)}
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
         return probes.http_ok(f"{self.address}/health")
 
 
-SERVICE_CLASSES: tuple[type[Service], ...] = (Mosquitto, Kafka, KuduMaster, KuduTabletServer, SqlServer, ModelServer)
+class Gateway(Service):
+    """The MQTT -> Kafka bridge (python -m gateway), several workers in one shared subscription."""
+
+    name = "gateway"
+    WORKERS = 2
+
+    @property
+    def address(self) -> str:
+        return f"{self.cfg.host}:{self.cfg.mqtt_port} -> {self.cfg.kafka_bootstrap}"
+
+    @property
+    def listen_port(self) -> int | None:
+        return None
+
+    @property
+    def ready_file(self) -> Path:
+        return self.cfg.pids_dir / "gateway.ready"
+
+    def prepare(self, secrets: dict[str, str]) -> None:
+        self.ready_file.unlink(missing_ok=True)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gateway", "--workers", str(self.WORKERS), "--gateway-id", "gw-local",
+                "--ready-file", str(self.ready_file)]
+
+    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
+        return {**os.environ, **local_stack_settings(self.cfg, secrets)}
+
+    def is_ready(self, secrets: dict[str, str]) -> bool:
+        """Every worker has subscribed (the gateway writes the ready file then)."""
+        return self.ready_file.exists()
+
+
+SERVICE_CLASSES: tuple[type[Service], ...] = (
+    Mosquitto, Kafka, KuduMaster, KuduTabletServer, SqlServer, ModelServer, Gateway,
+)
 SERVICE_NAMES = tuple(service.name for service in SERVICE_CLASSES)
 
 

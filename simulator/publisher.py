@@ -1,0 +1,134 @@
+"""Publish the fleet's readings to MQTT from one or several processes, with a live counter and a summary."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+
+from simulator.config import SimulatorConfig
+from simulator.fleet import FAULT_KINDS, Fleet
+
+BATCH = 200  # readings generated at once (vectorised); published one by one
+
+
+@dataclass
+class Summary:
+    published: int = 0  # acknowledged by the broker (QoS 1/2) or handed to the socket (QoS 0)
+    elapsed_s: float = 0.0
+    faults: Counter = field(default_factory=Counter)
+
+    @property
+    def rate(self) -> float:
+        return self.published / self.elapsed_s if self.elapsed_s else 0.0
+
+    def line(self) -> str:
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
+        return (f"published {self.published:,} messages in {self.elapsed_s:.1f} s ({self.rate:,.0f} msg/s); "
+                f"malformed on purpose: {faults}")
+
+
+def _connect(cfg: SimulatorConfig, client_id: str) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    client.username_pw_set(cfg.username, cfg.password)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    connected = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: connected.append(reason)
+    client.connect(cfg.host, cfg.port, keepalive=30)
+    client.loop_start()
+    deadline = time.monotonic() + 10
+    while not connected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not connected or connected[0].is_failure:
+        client.loop_stop()
+        raise ConnectionError(f"MQTT broker {cfg.host}:{cfg.port} refused the simulator: "
+                              f"{connected[0] if connected else 'no answer'}")
+    return client
+
+
+def publish_share(cfg: SimulatorConfig, index: int, published, faults, stop) -> None:
+    """One publisher: the machines whose position modulo `publishers` is `index`, its share of the messages."""
+    ids = [cfg.first_sensor_id + i for i in range(cfg.machine_count) if i % cfg.publishers == index]
+    if not ids:
+        return
+    fleet = Fleet(cfg, ids, seed=cfg.seed * 1000 + index)
+    quota = cfg.messages // cfg.publishers + (1 if index < cfg.messages % cfg.publishers else 0)
+    deadline = time.monotonic() + cfg.duration_s if cfg.duration_s else None
+    interval = cfg.interval_ms / 1000 * cfg.publishers
+    acked = [0]
+
+    def on_publish(_client, _userdata, _mid, _reason, _properties):
+        acked[0] += 1
+        with published.get_lock():
+            published.value += 1
+
+    client = _connect(cfg, f"iot-simulator-{index}-{time.time_ns()}")
+    client.on_publish = on_publish
+    sent, next_at = 0, time.monotonic()
+
+    def more() -> bool:
+        within_quota = not cfg.messages or sent < quota
+        return not stop.is_set() and within_quota and (not deadline or time.monotonic() < deadline)
+
+    try:
+        while more():
+            batch = BATCH if not cfg.messages else min(BATCH, quota - sent)
+            if interval:
+                batch = 1
+            for topic, payload in fleet.next_messages(batch):
+                if interval:
+                    time.sleep(max(0.0, next_at - time.monotonic()))  # pacing, not synchronisation
+                    next_at += interval
+                client.publish(topic, payload, qos=cfg.qos)
+                sent += 1
+                if cfg.verbose and interval:
+                    print(f"{topic} {payload.decode(errors='replace')}", flush=True)
+        deadline_ack = time.monotonic() + 60
+        while acked[0] < sent and time.monotonic() < deadline_ack:
+            time.sleep(0.01)  # waiting for the broker's acknowledgements of what was sent
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        for i, kind in enumerate(FAULT_KINDS):
+            with faults.get_lock():
+                faults[i] += fleet.faults[kind]
+
+
+def run(cfg: SimulatorConfig, progress: bool = True) -> Summary:
+    """Publish until the message count or duration is reached (or Ctrl-C); return the summary."""
+    context = mp.get_context("fork")
+    published = context.Value("q", 0)
+    faults = context.Array("q", len(FAULT_KINDS))
+    stop = context.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    started = time.monotonic()
+    workers = [context.Process(target=publish_share, args=(cfg, i, published, faults, stop), daemon=True)
+               for i in range(cfg.publishers)]
+    for worker in workers:
+        worker.start()
+    last_report, last_count = started, 0
+    try:
+        while any(worker.is_alive() for worker in workers):
+            for worker in workers:
+                worker.join(timeout=0.2)
+            now = time.monotonic()
+            if progress and now - last_report >= 1.0:
+                count = published.value
+                rate = (count - last_count) / (now - last_report)
+                print(f"\rpublished {count:,} messages, {rate:,.0f} msg/s   ", end="", file=sys.stderr, flush=True)
+                last_report, last_count = now, count
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if progress:
+            print(file=sys.stderr)
+    failed = [w.exitcode for w in workers if w.exitcode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} publisher process(es) failed (exit codes {failed}); see the errors above")
+    return Summary(published.value, time.monotonic() - started,
+                   Counter({kind: faults[i] for i, kind in enumerate(FAULT_KINDS) if faults[i]}))
