@@ -37,6 +37,7 @@ class GatewaySettings:
     kafka_topic: str = "iot"
     dead_letter_topic: str = "iot.dlq"
     metrics_interval_s: float = 10.0
+    workers: int = 1
     # The bound of what one worker holds: the broker sends at most this many unacknowledged messages, and we
     # acknowledge only after Kafka did, so at most this many records wait for Kafka. The rest waits in the
     # broker's queue for our session (up to its max_queued_messages).
@@ -103,8 +104,14 @@ class GatewayWorker:
             self._state_change(False, f"MQTT broker refused the connection: {reason}")
             return
         self._state_change(True, f"connected to MQTT {self.settings.mqtt_host}:{self.settings.mqtt_port}")
-        shared = f"$share/{self.settings.share_group}/{self.settings.topic_filter}"
-        client.subscribe(shared, options=SubscribeOptions(qos=1))
+        # One worker holds a plain subscription: Mosquitto queues for it while it is away. Several share one
+        # subscription. The session keeps whichever it had before, so the other form is dropped first (else a
+        # change of worker count would deliver everything twice).
+        plain = self.settings.topic_filter
+        shared = f"$share/{self.settings.share_group}/{plain}"
+        wanted, other = (plain, shared) if self.settings.workers == 1 else (shared, plain)
+        client.unsubscribe(other)
+        client.subscribe(wanted, options=SubscribeOptions(qos=1))
 
     def _on_disconnect(self, _client, _userdata, _flags, reason, _properties) -> None:
         self._state_change(False, f"disconnected from MQTT ({reason}); reconnecting with backoff")

@@ -386,10 +386,10 @@ class ModelServer(Service):
 
 
 class Gateway(Service):
-    """The MQTT -> Kafka bridge (python -m gateway), several workers in one shared subscription."""
+    """The MQTT -> Kafka bridge (python -m gateway): one worker, so each machine's readings stay in order."""
 
     name = "gateway"
-    WORKERS = 2
+    WORKERS = 1
 
     @property
     def address(self) -> str:

@@ -1,0 +1,180 @@
+"""Labs 3-6 against the real Mosquitto and Kafka: simulator -> MQTT -> gateway -> Kafka `iot` / `iot.dlq`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from contract import GATEWAY_ID_FIELD, RECEIVED_TS_FIELD
+from simulator.config import load_simulator_config
+from simulator.publisher import run
+from stack.process import PidRecord
+from stack.services import DEAD_LETTER_TOPIC, IOT_TOPIC
+
+pytestmark = pytest.mark.stack
+
+
+def simulator_config_file(tmp_path, cfg, secrets, first_sensor_id: int, **misc) -> Path:
+    """A config file in the workshop's shape pointing at the test stack's broker."""
+    config = {
+        "mqtt": {"host": cfg.host, "port": cfg.mqtt_port, "username": secrets["MQTT_USERNAME"],
+                 "password": secrets["MQTT_PASSWORD"], "topic": "iot", "qos": 1},
+        "misc": {"interval_ms": 0, "verbose": False, "seed": 7, **misc},
+        "machines": {"count": 20, "degrading_share": 0.3, "first_sensor_id": first_sensor_id},
+    }
+    path = tmp_path / f"sim-{first_sensor_id}.config"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return consumer.end_offsets(partitions)
+    finally:
+        consumer.close()
+
+
+def read_from(bootstrap: str, start: dict[TopicPartition, int], keep, expected: int, timeout_s: float = 120):
+    """Records after `start` for which keep(record) is true, until `expected` distinct ones (or the time is up)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer.assign(list(start))
+    for tp, offset in start.items():
+        consumer.seek(tp, offset)
+    kept, deadline = [], time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                kept.extend(r for r in batch if keep(r))
+            if len({_identity(r) for r in kept}) >= expected:
+                # a little longer, to see duplicates that are still on their way
+                for batch in consumer.poll(timeout_ms=1000).values():
+                    kept.extend(r for r in batch if keep(r))
+                break
+    finally:
+        consumer.close()
+    return kept
+
+
+def _identity(record) -> tuple:
+    if record.topic == IOT_TOPIC:
+        reading = json.loads(record.value)
+        return reading["sensor_id"], reading["sensor_ts"]
+    return record.partition, record.offset
+
+
+def in_range(low: int, high: int):
+    def keep(record) -> bool:
+        return record.key is not None and low <= int(record.key) < high
+    return keep
+
+
+def test_ten_thousand_readings_reach_kafka_exactly_once_in_order_with_gateway_fields(local_stack, secrets, tmp_path):
+    cfg = local_stack.cfg
+    start = end_offsets(cfg.kafka_bootstrap, IOT_TOPIC)
+    sim = load_simulator_config(simulator_config_file(tmp_path, cfg, secrets, 100_000, messages=10_000, publishers=2))
+    summary = run(sim, progress=False)
+    assert summary.published == 10_000
+
+    records = read_from(cfg.kafka_bootstrap, start, in_range(100_000, 100_020), expected=10_000)
+    readings = [json.loads(r.value) for r in records]
+    assert len(readings) == 10_000
+    assert len({(r["sensor_id"], r["sensor_ts"]) for r in readings}) == 10_000
+    by_sensor: dict[int, list] = defaultdict(list)
+    for record, reading in zip(records, readings, strict=True):
+        assert record.key == str(reading["sensor_id"]).encode()
+        assert reading[GATEWAY_ID_FIELD] == "gw-local"
+        assert isinstance(reading[RECEIVED_TS_FIELD], int) and reading[RECEIVED_TS_FIELD] >= reading["sensor_ts"]
+        by_sensor[reading["sensor_id"]].append((record.partition, record.offset, reading["sensor_ts"]))
+    assert len(by_sensor) == 20
+    for sensor, seen in by_sensor.items():
+        assert len({partition for partition, _, _ in seen}) == 1, sensor
+        timestamps = [ts for _, _, ts in sorted(seen)]
+        assert timestamps == sorted(timestamps), f"sensor {sensor} out of order"
+
+
+EXPECTED_REASONS = {
+    "bad_json": r"^not JSON",
+    "missing_field": r"^sensor_5: missing$",
+    "wrong_type": r"^sensor_3: must be a number, got str 'fast'$",
+    "out_of_range": r"^sensor_7: 1000000000000.0 is outside the physical bounds",
+    "duplicate_key": r"^sensor_id: duplicate key$",
+}
+
+
+def test_every_malformed_kind_lands_in_the_dead_letter_topic_with_its_reason(local_stack, secrets, tmp_path):
+    cfg = local_stack.cfg
+    iot_start = end_offsets(cfg.kafka_bootstrap, IOT_TOPIC)
+    dlq_start = end_offsets(cfg.kafka_bootstrap, DEAD_LETTER_TOPIC)
+    sim = load_simulator_config(simulator_config_file(tmp_path, cfg, secrets, 200_000, messages=2_000,
+                                                      fault_share=0.1))
+    summary = run(sim, progress=False)
+    faults = sum(summary.faults.values())
+    assert set(summary.faults) == set(EXPECTED_REASONS) and faults > 100
+
+    def from_this_test(record) -> bool:
+        return dict(record.headers)["mqtt_topic"].decode().startswith("iot/2000")
+
+    dead = read_from(cfg.kafka_bootstrap, dlq_start, from_this_test, expected=faults)
+    assert len(dead) == faults
+    kinds = Counter()
+    for record in dead:
+        headers = {k: v.decode() for k, v in record.headers}
+        kind = next(k for k, pattern in EXPECTED_REASONS.items() if re.search(pattern, headers["reason"]))
+        kinds[kind] += 1
+        assert headers["gateway_id"] == "gw-local" and int(headers["received_ts"]) > 0
+        assert headers["mqtt_topic"] == record.key.decode()
+        if kind != "bad_json":  # the original bytes are kept: they still parse, and show the fault
+            json.loads(record.value, object_pairs_hook=lambda pairs: pairs)
+    assert kinds == summary.faults
+    good = read_from(cfg.kafka_bootstrap, iot_start, in_range(200_000, 200_020), expected=2_000 - faults)
+    assert len(good) == 2_000 - faults
+
+
+def gateway_pid(local_stack) -> PidRecord:
+    service = next(s for s in local_stack.services if s.name == "gateway")
+    return PidRecord.load(service.pid_file)
+
+
+def test_kill_9_of_the_gateway_under_full_load_loses_nothing(local_stack, secrets, tmp_path):
+    cfg = local_stack.cfg
+    start = end_offsets(cfg.kafka_bootstrap, IOT_TOPIC)
+    config = simulator_config_file(tmp_path, cfg, secrets, 300_000, messages=30_000, publishers=2)
+    simulator = subprocess.Popen([sys.executable, "-m", "simulator", str(config), "--quiet"], stdout=subprocess.PIPE,
+                                 text=True)
+    time.sleep(1.5)  # let the load build up: the kill must land mid-stream
+    os.killpg(gateway_pid(local_stack).pid, signal.SIGKILL)
+    local_stack.up(["gateway"])
+    output, _ = simulator.communicate(timeout=300)
+    published = int(re.search(r"published ([\d,]+) messages", output).group(1).replace(",", ""))
+    assert published == 30_000
+
+    records = read_from(cfg.kafka_bootstrap, start, in_range(300_000, 300_020), expected=published)
+    distinct = {(json.loads(r.value)["sensor_id"], json.loads(r.value)["sensor_ts"]) for r in records}
+    duplicates = len(records) - len(distinct)
+    print(f"\nkill -9 under load: {published} published, {len(distinct)} distinct in Kafka, {duplicates} duplicates")
+    assert len(distinct) == published
+
+
+def test_a_burst_beyond_mosquittos_default_queue_waits_for_a_stopped_gateway(local_stack, secrets, tmp_path):
+    cfg = local_stack.cfg
+    start = end_offsets(cfg.kafka_bootstrap, IOT_TOPIC)
+    local_stack.down(["gateway"])
+    try:
+        sim = load_simulator_config(simulator_config_file(tmp_path, cfg, secrets, 400_000, messages=5_000))
+        assert run(sim, progress=False).published == 5_000  # five times Mosquitto's default max_queued_messages
+    finally:
+        local_stack.up(["gateway"])
+    records = read_from(cfg.kafka_bootstrap, start, in_range(400_000, 400_020), expected=5_000)
+    assert len({(json.loads(r.value)["sensor_ts"], r.key) for r in records}) == 5_000
