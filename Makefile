@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status demo test lint clean train experiments mlflow-ui bench bench-model
+.PHONY: help setup up down status demo test lint clean train experiments mlflow-ui bench bench-model bench-edge simulate
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,7 +35,13 @@ mlflow-ui: ## MLflow's UI over the project's runs, on http://127.0.0.1:5000
 	@$(PY) -m mlflow ui --backend-store-uri "$$($(PY) -c 'from model.registry import tracking_uri; print(tracking_uri())')" \
 		--host 127.0.0.1 --port 5000
 
-bench: bench-model ## every benchmark
+bench: bench-model bench-edge ## every benchmark
+
+bench-edge: up ## simulator -> Mosquitto -> gateway -> Kafka msg/s, and the gateway's ceiling from an MQTT backlog
+	@$(PY) -m bench.edge_bench
+
+simulate: up ## lab 3: run the sensor simulator as the workshop did (one reading a second; Ctrl-C stops)
+	@$(PY) -m simulator simulator/mqtt.iot.config
 
 bench-model: setup ## model server over HTTP vs in-process predict: rows/s by batch size, single-call p50/p99
 	@$(PY) -m bench.model_bench

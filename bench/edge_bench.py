@@ -1,0 +1,146 @@
+"""Benchmark the edge: simulator -> Mosquitto -> gateway -> Kafka, and the gateway's own ceiling.
+
+Usage (the local stack must be up: `make up`):
+    python -m bench.edge_bench [--messages 100000] [--workers 1 2] [--publishers 2]
+
+It uses its own MQTT topic (`bench/<sensor_id>`) and Kafka topic (`iot.bench`) and its own gateway processes
+(id `gw-bench`), so the stack's gateway and topic `iot` are not touched. For each worker count:
+  - end to end: the simulator publishes N readings as fast as it can; msg/s = N / time until all are in Kafka;
+  - gateway ceiling: the gateway is stopped, N readings are queued for its session in Mosquitto, then it is
+    started; msg/s = N / time from its first record in Kafka to its last;
+and, for scale, kafka-python's producer alone (pre-built records, no MQTT): the Kafka client's ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+from simulator.config import load_simulator_config
+from simulator.publisher import run
+from stack.connection import connection_settings, require
+from stack.probes import wait_until
+
+BENCH_TOPIC = "iot.bench"
+MQTT_TOPIC = "bench"
+
+
+def total_offset(bootstrap: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(BENCH_TOPIC, p) for p in consumer.partitions_for_topic(BENCH_TOPIC)]
+        return sum(consumer.end_offsets(partitions).values())
+    finally:
+        consumer.close()
+
+
+def wait_for_records(bootstrap: str, target: int, timeout_s: float = 600) -> tuple[float, float]:
+    """Poll the topic's end offsets until they reach `target`; (time of first growth, time of reaching it)."""
+    start_total, first, deadline = total_offset(bootstrap), None, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        total = total_offset(bootstrap)
+        if first is None and total > start_total:
+            first = time.monotonic()
+        if total >= target:
+            return first or time.monotonic(), time.monotonic()
+        time.sleep(0.1)  # polling interval of a measurement, not synchronisation
+    raise TimeoutError(f"{BENCH_TOPIC} reached {total_offset(bootstrap)} of {target} records in {timeout_s} s")
+
+
+def start_gateway(workers: int, ready: Path) -> subprocess.Popen:
+    ready.unlink(missing_ok=True)
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--workers", str(workers), "--gateway-id", f"gw-bench-{workers}",
+         "--topic-filter", f"{MQTT_TOPIC}/#", "--share-group", f"bench-{workers}", "--kafka-topic", BENCH_TOPIC,
+         "--metrics-interval", "3600", "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_until(ready.exists, 60, "bench gateway", abort=lambda: "exited" if gateway.poll() is not None else None)
+    return gateway
+
+
+def stop_gateway(gateway: subprocess.Popen) -> None:
+    os.killpg(gateway.pid, signal.SIGTERM)
+    gateway.wait(timeout=120)
+
+
+def forget_sessions(settings: dict[str, str], workers: int) -> None:
+    """End the bench gateway's persistent MQTT sessions, so the broker stops queueing bench readings for them."""
+    for index in range(workers):
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"gw-bench-{workers}-{index}",
+                             protocol=mqtt.MQTTv5)
+        client.username_pw_set(settings["MQTT_USERNAME"], settings["MQTT_PASSWORD"])
+        client.connect(settings["MQTT_HOST"], int(settings["MQTT_PORT"]), clean_start=True)  # expiry 0 by default
+        client.loop_start()
+        client.disconnect()
+        client.loop_stop()
+
+
+def producer_ceiling(bootstrap: str, messages: int) -> float:
+    record = json.dumps({"sensor_id": 1, "sensor_ts": 1, **{f"sensor_{i}": 1.5 for i in range(12)},
+                         "gateway_id": "gw", "received_ts": 1}).encode()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+                             batch_size=256 * 1024, compression_type="lz4")
+    start = time.perf_counter()
+    for i in range(messages):
+        producer.send(BENCH_TOPIC, key=str(i % 100).encode(), value=record)
+    producer.flush()
+    elapsed = time.perf_counter() - start
+    producer.close()
+    return messages / elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.edge_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--publishers", type=int, default=2)
+    args = parser.parse_args(argv)
+    settings = connection_settings()
+    (bootstrap,) = require(settings, "KAFKA_BOOTSTRAP")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    if BENCH_TOPIC not in admin.list_topics():
+        admin.create_topics([NewTopic(BENCH_TOPIC, 4, 1)])
+    admin.close()
+
+    config = load_simulator_config(Path(__file__).resolve().parent.parent / "simulator" / "mqtt.iot.config")
+    sim = dataclasses.replace(config, topic=MQTT_TOPIC, interval_ms=0, verbose=False, messages=args.messages,
+                              publishers=args.publishers, machine_count=100)
+    print(f"{args.messages:,} readings per measurement, {args.publishers} publisher processes, 2 cores shared by all")
+    print(f"{'workers':>7}  {'end to end msg/s':>16}  {'simulator msg/s':>15}  {'gateway ceiling msg/s':>21}")
+    with tempfile.TemporaryDirectory() as tmp:
+        ready = Path(tmp) / "ready"
+        for workers in args.workers:
+            gateway = start_gateway(workers, ready)
+            target = total_offset(bootstrap) + args.messages
+            t0 = time.monotonic()
+            summary = run(sim, progress=False)
+            _, done = wait_for_records(bootstrap, target)
+            end_to_end = args.messages / (done - t0)
+            stop_gateway(gateway)  # its sessions stay: Mosquitto now queues for them
+
+            target = total_offset(bootstrap) + args.messages
+            run(sim, progress=False)
+            gateway = start_gateway(workers, ready)
+            first, last = wait_for_records(bootstrap, target)
+            stop_gateway(gateway)
+            forget_sessions(settings, workers)
+            print(f"{workers:>7}  {end_to_end:>16,.0f}  {summary.rate:>15,.0f}  "
+                  f"{args.messages / (last - first):>21,.0f}")
+    print(f"kafka-python producer alone (acks=all, idempotent, lz4): {producer_ceiling(bootstrap, args.messages):,.0f}"
+          " records/s")
+
+
+if __name__ == "__main__":
+    main()
