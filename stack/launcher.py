@@ -56,11 +56,25 @@ class Stack:
         return record if record and is_alive(record) else None
 
     def up(self, names: list[str] | None = None) -> list[ServiceStatus]:
-        """Start the selected services (all by default) and wait until each is ready. Harmless when up."""
+        """Start the selected services (all by default) and wait until each is ready. Harmless when up.
+
+        Services start in parallel, in waves: a service that needs the others (`needs_others_ready`) starts
+        only once every service before it is ready."""
         secrets = ensure_secrets(self.cfg.secrets_file)
         chosen = self.select(names)
-        started: dict[str, PidRecord] = {}
+        wave: list[Service] = []
         for service in chosen:
+            if service.needs_others_ready and wave:
+                self._start_and_await(wave, secrets)
+                wave = []
+            wave.append(service)
+        self._start_and_await(wave, secrets)
+        self.write_connection_file()
+        return self.status(names)
+
+    def _start_and_await(self, services: list[Service], secrets: dict[str, str]) -> None:
+        started: dict[str, PidRecord] = {}
+        for service in services:
             if self._running(service):
                 self.log(f"  {service.name:<13} already running")
                 continue
@@ -69,7 +83,7 @@ class Stack:
             started[service.name] = spawn(service.command(), service.log_file, service.pid_file,
                                           service.environment(secrets), cwd=self.cfg.dir)
             self.log(f"  {service.name:<13} started (pid {started[service.name].pid})")
-        for service in chosen:
+        for service in services:
             t0 = time.monotonic()
             record = self._running(service) or started.get(service.name)
             probes.wait_until(
@@ -80,8 +94,6 @@ class Stack:
             note = service.initialise(secrets)
             suffix = f"; {note}" if note else ""
             self.log(f"  {service.name:<13} ready at {service.address} ({time.monotonic() - t0:.1f} s){suffix}")
-        self.write_connection_file()
-        return self.status(names)
 
     def _check_port_free(self, service: Service) -> None:
         if service.listen_port is None:

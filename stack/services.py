@@ -30,6 +30,7 @@ class Service:
     """One daemon of the stack. Subclasses fill in the blanks."""
 
     name = ""
+    needs_others_ready = False  # True: start only once every service before it in the order is ready
 
     def __init__(self, cfg: StackConfig):
         self.cfg = cfg
@@ -389,11 +390,12 @@ class Gateway(Service):
     """The MQTT -> Kafka bridge (python -m gateway): one worker, so each machine's readings stay in order."""
 
     name = "gateway"
+    needs_others_ready = True  # its Kafka producer and MQTT session want both brokers up
     WORKERS = 1
 
     @property
     def address(self) -> str:
-        return f"{self.cfg.host}:{self.cfg.mqtt_port} -> {self.cfg.kafka_bootstrap}"
+        return f"mqtt:{self.cfg.mqtt_port}->kafka:{self.cfg.kafka_port}"
 
     @property
     def listen_port(self) -> int | None:
