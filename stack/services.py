@@ -416,8 +416,15 @@ class Gateway(Service):
         return {**os.environ, **local_stack_settings(self.cfg, secrets)}
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
-        """Every worker has subscribed (the gateway writes the ready file then)."""
-        return self.ready_file.exists()
+        """Every worker has subscribed: the gateway then writes its pid to the ready file (a file left by a
+        gateway that crashed names another pid)."""
+        from stack.process import PidRecord
+
+        record = PidRecord.load(self.pid_file)
+        try:
+            return record is not None and int(self.ready_file.read_text()) == record.pid
+        except (FileNotFoundError, ValueError):
+            return False
 
 
 SERVICE_CLASSES: tuple[type[Service], ...] = (

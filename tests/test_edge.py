@@ -18,7 +18,8 @@ from kafka import KafkaConsumer, TopicPartition
 from contract import GATEWAY_ID_FIELD, RECEIVED_TS_FIELD
 from simulator.config import load_simulator_config
 from simulator.publisher import run
-from stack.process import PidRecord
+from stack.probes import wait_until
+from stack.process import PidRecord, is_alive
 from stack.services import DEAD_LETTER_TOPIC, IOT_TOPIC
 
 pytestmark = pytest.mark.stack
@@ -46,22 +47,22 @@ def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
         consumer.close()
 
 
-def read_from(bootstrap: str, start: dict[TopicPartition, int], keep, expected: int, timeout_s: float = 120):
+def read_from(bootstrap: str, start: dict[TopicPartition, int], keep, expected: int, timeout_s: float = 180):
     """Records after `start` for which keep(record) is true, until `expected` distinct ones (or the time is up)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=5000)
     consumer.assign(list(start))
     for tp, offset in start.items():
         consumer.seek(tp, offset)
-    kept, deadline = [], time.monotonic() + timeout_s
+    kept, distinct, deadline = [], set(), time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(distinct) < expected:
             for batch in consumer.poll(timeout_ms=500).values():
-                kept.extend(r for r in batch if keep(r))
-            if len({_identity(r) for r in kept}) >= expected:
-                # a little longer, to see duplicates that are still on their way
-                for batch in consumer.poll(timeout_ms=1000).values():
-                    kept.extend(r for r in batch if keep(r))
-                break
+                mine = [r for r in batch if keep(r)]
+                kept.extend(mine)
+                distinct.update(_identity(r) for r in mine)
+        # a little longer, to see duplicates that are still on their way
+        for batch in consumer.poll(timeout_ms=1000).values():
+            kept.extend(r for r in batch if keep(r))
     finally:
         consumer.close()
     return kept
@@ -154,8 +155,11 @@ def test_kill_9_of_the_gateway_under_full_load_loses_nothing(local_stack, secret
     simulator = subprocess.Popen([sys.executable, "-m", "simulator", str(config), "--quiet"], stdout=subprocess.PIPE,
                                  text=True)
     time.sleep(1.5)  # let the load build up: the kill must land mid-stream
-    os.killpg(gateway_pid(local_stack).pid, signal.SIGKILL)
+    killed = gateway_pid(local_stack)
+    os.killpg(killed.pid, signal.SIGKILL)
+    wait_until(lambda: not is_alive(killed), 30, "the killed gateway to be gone")
     local_stack.up(["gateway"])
+    assert gateway_pid(local_stack) != killed
     output, _ = simulator.communicate(timeout=300)
     published = int(re.search(r"published ([\d,]+) messages", output).group(1).replace(",", ""))
     assert published == 30_000

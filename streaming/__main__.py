@@ -1,0 +1,38 @@
+"""`python -m streaming [job options]`: print and run the lab-9 job's spark-submit command.
+
+Connection settings (KAFKA_BOOTSTRAP, KUDU_MASTER, MODEL_URL, MODEL_ACCESS_KEY) come from the environment or
+.stack/connection.env; job options (see `--help`) are passed through to streaming/kafka_to_kudu.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from stack.config import load_config
+from stack.connection import connection_settings, require
+from stack.spark import connector_packages, spark_environment, spark_submit_command
+
+JOB = Path(__file__).resolve().parent / "kafka_to_kudu.py"
+
+
+def job_command(job_args: list[str]) -> list[str]:
+    return spark_submit_command(load_config(), app=[str(JOB), *job_args], packages=connector_packages(),
+                                master="local[*]", conf={"spark.ui.enabled": "false"})
+
+
+def main(argv: list[str] | None = None) -> None:
+    job_args = sys.argv[1:] if argv is None else argv
+    settings = connection_settings()
+    if "-h" not in job_args and "--help" not in job_args:
+        require(settings, "KAFKA_BOOTSTRAP", "KUDU_MASTER", "MODEL_URL", "MODEL_ACCESS_KEY")
+    command = job_command(job_args)
+    print("$ " + " ".join(shlex.quote(part) for part in command), file=sys.stderr, flush=True)
+    env = {**spark_environment(load_config()), **settings}
+    os.execve(command[0], command, env)
+
+
+if __name__ == "__main__":
+    main()
