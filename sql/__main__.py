@@ -1,0 +1,60 @@
+"""`python -m sql`: run SQL against SQL_HOST:SQL_PORT (the local Spark Thrift Server, or Impala) and print tables.
+
+Usage:
+    python -m sql "select count(*) from sensors"
+    python -m sql -f sql/unhealthy_readings.sql     # a file of ;-separated statements
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from impala.error import Error as ImpylaError
+
+from sql.client import cursor
+from stack.connection import connection_settings
+
+
+def split_statements(text: str) -> list[str]:
+    """Statements of a .sql file: comments dropped, split on ';'."""
+    lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def format_table(columns: list[str], rows: list[tuple]) -> str:
+    cells = [columns] + [["NULL" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    rule = "-+-".join("-" * w for w in widths)
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join([lines[0], rule, *lines[1:], f"({len(rows)} row{'s' if len(rows) != 1 else ''})"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sql", description=__doc__.split("\n\n")[0])
+    parser.add_argument("statement", nargs="?", help="one SQL statement")
+    parser.add_argument("-f", "--file", type=Path, help="a .sql file of ;-separated statements")
+    args = parser.parse_args(argv)
+    if bool(args.statement) == bool(args.file):
+        parser.error("give one statement, or -f FILE")
+    statements = split_statements(args.file.read_text()) if args.file else [args.statement.rstrip("; \n")]
+    settings = connection_settings()
+    try:
+        with cursor(settings.get("SQL_HOST"), settings.get("SQL_PORT")) as cur:
+            for statement in statements:
+                cur.execute(statement)
+                if cur.description:
+                    print(format_table([d[0] for d in cur.description], cur.fetchall()))
+    except ImpylaError as exc:
+        print(f"error: {str(exc).splitlines()[0][:500]}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot reach SQL at {settings.get('SQL_HOST')}:{settings.get('SQL_PORT')}: {exc} "
+              f"(is the stack up? `make up`)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
