@@ -125,7 +125,7 @@ def test_every_malformed_kind_lands_in_the_dead_letter_topic_with_its_reason(loc
     assert set(summary.faults) == set(EXPECTED_REASONS) and faults > 100
 
     def from_this_test(record) -> bool:
-        return dict(record.headers)["mqtt_topic"].decode().startswith("iot/2000")
+        return dict(record.headers).get("mqtt_topic", b"").decode().startswith("iot/2000")
 
     dead = read_from(cfg.kafka_bootstrap, dlq_start, from_this_test, expected=faults)
     assert len(dead) == faults
