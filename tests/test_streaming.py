@@ -22,18 +22,35 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 FIRST_ID, MACHINES, READINGS = 500_000, 20, 5_000
 
 
-@pytest.fixture()
-def streaming_job(local_stack, secrets, tmp_path):
+def start_job(local_stack, secrets, checkpoint, log):
     """The job started as a user starts it (`python -m streaming`, which runs spark-submit)."""
     env = {**os.environ, **local_stack_settings(local_stack.cfg, secrets)}
+    with log.open("a") as out:
+        return subprocess.Popen([sys.executable, "-m", "streaming", "--checkpoint", str(checkpoint),
+                                 "--trigger-seconds", "1", "--restart-delay-seconds", "2"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture()
+def streaming_job(local_stack, secrets, tmp_path):
     log = tmp_path / "job.log"
-    with log.open("w") as out:
-        job = subprocess.Popen([sys.executable, "-m", "streaming", "--checkpoint", str(tmp_path / "checkpoint"),
-                                "--trigger-seconds", "1"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-        yield job, log
-        os.killpg(job.pid, signal.SIGTERM)
-        job.wait(timeout=60)
+    job = start_job(local_stack, secrets, tmp_path / "checkpoint", log)
+    yield job, log
+    os.killpg(job.pid, signal.SIGTERM)
+    job.wait(timeout=60)
+
+
+def publish(tmp_path, cfg, secrets, first_id: int, messages: int, **machines) -> tuple[object, int]:
+    config = {
+        "mqtt": {"host": cfg.host, "port": cfg.mqtt_port, "username": secrets["MQTT_USERNAME"],
+                 "password": secrets["MQTT_PASSWORD"], "topic": "iot", "qos": 1},
+        "misc": {"interval_ms": 0, "seed": 11, "messages": messages, "publishers": 1},
+        "machines": {"count": MACHINES, "first_sensor_id": first_id, **machines},
+    }
+    path = tmp_path / f"sim-{first_id}-{messages}.config"
+    path.write_text(json.dumps(config))
+    sim = load_simulator_config(path)
+    return sim, run(sim, progress=False).published
 
 
 def wait_for_count(cfg, where: str, expected: int, timeout_s: float, log) -> int:
@@ -49,25 +66,15 @@ def wait_for_count(cfg, where: str, expected: int, timeout_s: float, log) -> int
 def test_readings_published_on_mqtt_are_scored_into_kudu_exactly_once(local_stack, secrets, tmp_path,
                                                                      streaming_job):
     cfg = local_stack.cfg
-    config = {
-        "mqtt": {"host": cfg.host, "port": cfg.mqtt_port, "username": secrets["MQTT_USERNAME"],
-                 "password": secrets["MQTT_PASSWORD"], "topic": "iot", "qos": 1},
-        "misc": {"interval_ms": 0, "seed": 11, "messages": READINGS, "publishers": 1},
-        "machines": {"count": MACHINES, "degrading_share": 0.4, "first_sensor_id": FIRST_ID,
-                     "readings_to_failure": 60},
-    }
-    path = tmp_path / "sim.config"
-    path.write_text(json.dumps(config))
-    sim = load_simulator_config(path)
+    sim, published = publish(tmp_path, cfg, secrets, FIRST_ID, READINGS, degrading_share=0.4,
+                             readings_to_failure=60)
+    assert published == READINGS
     fleet = Fleet(sim, [FIRST_ID + i for i in range(MACHINES)], seed=sim.seed * 1000)  # as the one publisher does
     degrading = {int(sensor) for sensor, d in zip(fleet.sensor_ids, fleet.degrading, strict=True) if d}
-    assert run(sim, progress=False).published == READINGS
 
     mine = f"sensor_id >= {FIRST_ID} and sensor_id < {FIRST_ID + MACHINES}"
     assert wait_for_count(cfg, mine, READINGS, 300, streaming_job[1]) == READINGS
-    distinct = query(f"select count(*) from (select distinct sensor_id, sensor_ts from sensors where {mine}) d",
-                     cfg.host, cfg.sql_port)[0][0]
-    assert distinct == READINGS
+    assert distinct_keys(cfg, mine) == READINGS
     verdicts = query(f"select distinct is_healthy from sensors where {mine}", cfg.host, cfg.sql_port)
     assert {v for (v,) in verdicts} <= {0, 1}
     # The lab-10 query's machines: those whose readings it mostly returns are the degrading ones.
@@ -75,3 +82,36 @@ def test_readings_published_on_mqtt_are_scored_into_kudu_exactly_once(local_stac
     flagged = dict(query(lab10, cfg.host, cfg.sql_port))
     mostly_flagged = {sensor for sensor, count in flagged.items() if count > READINGS / MACHINES / 2}
     assert degrading and mostly_flagged == degrading
+
+
+def distinct_keys(cfg, where: str) -> int:
+    return query(f"select count(*) from (select distinct sensor_id, sensor_ts from sensors where {where}) d",
+                 cfg.host, cfg.sql_port)[0][0]
+
+
+def test_kill_9_of_the_job_and_a_model_outage_lose_and_duplicate_nothing(local_stack, secrets, tmp_path):
+    cfg = local_stack.cfg
+    first_id = 600_000
+    mine = f"sensor_id >= {first_id} and sensor_id < {first_id + MACHINES}"
+    log = tmp_path / "job.log"
+    job = start_job(local_stack, secrets, tmp_path / "checkpoint", log)
+    try:
+        _, first = publish(tmp_path, cfg, secrets, first_id, 20_000)
+        wait_for_count(cfg, mine, 1, 300, log)  # the job is writing
+        os.killpg(job.pid, signal.SIGKILL)  # mid-stream
+        job.wait(timeout=30)
+        job = start_job(local_stack, secrets, tmp_path / "checkpoint", log)
+        assert wait_for_count(cfg, mine, first, 300, log) == first
+
+        local_stack.down(["model"])
+        _, second = publish(tmp_path, cfg, secrets, first_id, 3_000)  # scored only once the model is back
+        time.sleep(8)  # a real outage: several 1 s triggers fail against the stopped model server
+        assert query(f"select count(*) from sensors where {mine}", cfg.host, cfg.sql_port)[0][0] == first
+        local_stack.up(["model"])
+        total = wait_for_count(cfg, mine, first + second, 300, log)
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=60)
+    assert total == first + second
+    assert distinct_keys(cfg, mine) == first + second
+    assert "restarting from the checkpoint" in log.read_text()
