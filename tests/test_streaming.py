@@ -10,12 +10,15 @@ import sys
 import time
 
 import pytest
+from kafka import KafkaProducer
 
 from simulator.config import load_simulator_config
 from simulator.fleet import Fleet
 from simulator.publisher import run
 from sql.client import query
 from stack.connection import local_stack_settings
+from stack.services import DEAD_LETTER_TOPIC, IOT_TOPIC
+from tests.test_edge import end_offsets, read_from
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -66,6 +69,11 @@ def wait_for_count(cfg, where: str, expected: int, timeout_s: float, log) -> int
 def test_readings_published_on_mqtt_are_scored_into_kudu_exactly_once(local_stack, secrets, tmp_path,
                                                                      streaming_job):
     cfg = local_stack.cfg
+    dlq_start = end_offsets(cfg.kafka_bootstrap, DEAD_LETTER_TOPIC)
+    straight_to_kafka = KafkaProducer(bootstrap_servers=cfg.kafka_bootstrap)  # bypassing the gateway
+    not_a_reading = {"sensor_id": 999, "sensor_ts": "yesterday", **{f"sensor_{i}": 1 for i in range(12)}}
+    straight_to_kafka.send(IOT_TOPIC, key=b"999", value=json.dumps(not_a_reading).encode()).get(30)
+    straight_to_kafka.close()
     sim, published = publish(tmp_path, cfg, secrets, FIRST_ID, READINGS, degrading_share=0.4,
                              readings_to_failure=60)
     assert published == READINGS
@@ -82,6 +90,12 @@ def test_readings_published_on_mqtt_are_scored_into_kudu_exactly_once(local_stac
     flagged = dict(query(lab10, cfg.host, cfg.sql_port))
     mostly_flagged = {sensor for sensor, count in flagged.items() if count > READINGS / MACHINES / 2}
     assert degrading and mostly_flagged == degrading
+
+    def from_the_job(record) -> bool:
+        return b"yesterday" in record.value
+
+    dead = read_from(cfg.kafka_bootstrap, dlq_start, from_the_job, expected=1, timeout_s=60)
+    assert dead and dict(dead[0].headers)["reason"] == b"sensor_ts: must be an integer, got str 'yesterday'"
 
 
 def distinct_keys(cfg, where: str) -> int:
