@@ -19,8 +19,8 @@ down: ## stop the local stack; no process is left behind
 status: ## show each service: address, state, pid, memory, log file
 	@$(PY) -m stack status
 
-demo: up ## set up, start the stack and show its status (the pipeline joins as it is built)
-	@$(PY) -m stack status
+demo: up ## set up, start everything, run the simulator and watch readings arrive in Kudu via SQL (Ctrl+C)
+	@$(PY) -m stack demo
 
 test: setup ## run the whole test suite against real services (started by the tests themselves)
 	@$(PY) -m pytest -v

@@ -6,6 +6,7 @@ Usage:
     python -m stack down [SERVICE ...] # stop; leaves no process behind
     python -m stack status             # service, address, state, pid, memory, log file
     python -m stack env                # print the path of connection.env (source it in a shell)
+    python -m stack demo               # simulator on, and a live SQL view of what arrives (after `up`)
 
 Settings: stack/stack.toml, each overridable by a STACK_<KEY> environment variable.
 """
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("services", nargs="*", metavar="SERVICE",
                          help=f"any of: {', '.join(SERVICE_NAMES)} (default: all)")
     commands.add_parser("env", help="print the path of the connection file (source it to use the stack)")
+    commands.add_parser("demo", help="run the simulator and watch SQL see readings arrive (needs `up`)")
     return parser
 
 
@@ -64,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(r.state == "up" for r in rows) else 3
         elif args.command == "env":
             print(stack.write_connection_file())
+        elif args.command == "demo":
+            from stack.demo import run_demo
+
+            run_demo()
     except (RuntimeError, NotReady, FileNotFoundError) as exc:  # StackError is a RuntimeError
         print(f"error: {exc}", file=sys.stderr)
         return 1

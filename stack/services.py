@@ -427,8 +427,45 @@ class Gateway(Service):
             return False
 
 
+class StreamingJob(Service):
+    """The lab-9 spark-submit job (python -m streaming): Kafka `iot` -> model server -> Kudu `sensors`."""
+
+    name = "streaming"
+    needs_others_ready = True
+
+    @property
+    def address(self) -> str:
+        return f"kafka:{self.cfg.kafka_port}->kudu:{self.cfg.kudu_master_port}"
+
+    @property
+    def listen_port(self) -> int | None:
+        return None
+
+    @property
+    def ready_file(self) -> Path:
+        return self.cfg.pids_dir / "streaming.ready"
+
+    def prepare(self, secrets: dict[str, str]) -> None:
+        self.ready_file.unlink(missing_ok=True)
+
+    def command(self) -> list[str]:
+        checkpoint = self.cfg.data_dir / "checkpoints" / "kafka_to_kudu"
+        return [sys.executable, "-m", "streaming", "--checkpoint", str(checkpoint),
+                "--ready-file", str(self.ready_file)]
+
+    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
+        return {**os.environ, **local_stack_settings(self.cfg, secrets)}
+
+    def is_ready(self, secrets: dict[str, str]) -> bool:
+        """The query has started: the job writes the ready file then (newer than this start's pid file)."""
+        try:
+            return self.ready_file.stat().st_mtime >= self.pid_file.stat().st_mtime
+        except FileNotFoundError:
+            return False
+
+
 SERVICE_CLASSES: tuple[type[Service], ...] = (
-    Mosquitto, Kafka, KuduMaster, KuduTabletServer, SqlServer, ModelServer, Gateway,
+    Mosquitto, Kafka, KuduMaster, KuduTabletServer, SqlServer, ModelServer, Gateway, StreamingJob,
 )
 SERVICE_NAMES = tuple(service.name for service in SERVICE_CLASSES)
 

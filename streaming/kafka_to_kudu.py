@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -57,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stop if Kafka deleted offsets the checkpoint wants (default: log and go on)")
     parser.add_argument("--restart-delay-seconds", type=float, default=5.0,
                         help="pause before restarting a failed query from its checkpoint")
+    parser.add_argument("--ready-file", help="touched once the query has started (for `make up`)")
     return parser.parse_args(argv)
 
 
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                  .trigger(processingTime=f"{args.trigger_seconds} seconds")
                  .start())
         log.info("streaming %s -> Kudu %s (checkpoint %s)", args.topic, args.kudu_table, args.checkpoint)
+        if args.ready_file:
+            Path(args.ready_file).touch()
         try:
             query.awaitTermination()
             return 0

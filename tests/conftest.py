@@ -86,7 +86,8 @@ def local_stack(stack_config: StackConfig, served_model_file: Path) -> Iterator[
     shutil.copy(served_model_file, stack_config.model_file)
     stack = Stack(stack_config)
     try:
-        stack.up()
+        # Without the streaming job: the tests that need one start their own, with their own checkpoint.
+        stack.up([s.name for s in stack.services if s.name != "streaming"])
         yield stack
     finally:
         stack.down()
