@@ -386,82 +386,61 @@ class ModelServer(Service):
         return probes.http_ok(f"{self.address}/health")
 
 
-class Gateway(Service):
+class _PipelineClient(Service):
+    """A pipeline process that listens nowhere and says it is ready by touching a ready file."""
+
+    needs_others_ready = True  # it connects to the brokers and servers started before it
+
+    @property
+    def listen_port(self) -> int | None:
+        return None
+
+    @property
+    def ready_file(self) -> Path:
+        return self.cfg.pids_dir / f"{self.name}.ready"
+
+    def prepare(self, secrets: dict[str, str]) -> None:
+        self.ready_file.unlink(missing_ok=True)
+
+    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
+        return {**os.environ, **local_stack_settings(self.cfg, secrets)}
+
+    def is_ready(self, secrets: dict[str, str]) -> bool:
+        """Ready once the process wrote its ready file, after this start (newer than the pid file)."""
+        try:
+            return self.ready_file.stat().st_mtime >= self.pid_file.stat().st_mtime
+        except FileNotFoundError:
+            return False
+
+
+class Gateway(_PipelineClient):
     """The MQTT -> Kafka bridge (python -m gateway): one worker, so each machine's readings stay in order."""
 
     name = "gateway"
-    needs_others_ready = True  # its Kafka producer and MQTT session want both brokers up
     WORKERS = 1
 
     @property
     def address(self) -> str:
         return f"mqtt:{self.cfg.mqtt_port}->kafka:{self.cfg.kafka_port}"
 
-    @property
-    def listen_port(self) -> int | None:
-        return None
-
-    @property
-    def ready_file(self) -> Path:
-        return self.cfg.pids_dir / "gateway.ready"
-
-    def prepare(self, secrets: dict[str, str]) -> None:
-        self.ready_file.unlink(missing_ok=True)
-
     def command(self) -> list[str]:
         return [sys.executable, "-m", "gateway", "--workers", str(self.WORKERS), "--gateway-id", "gw-local",
                 "--ready-file", str(self.ready_file)]
 
-    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
-        return {**os.environ, **local_stack_settings(self.cfg, secrets)}
 
-    def is_ready(self, secrets: dict[str, str]) -> bool:
-        """Every worker has subscribed: the gateway then writes its pid to the ready file (a file left by a
-        gateway that crashed names another pid)."""
-        from stack.process import PidRecord
-
-        record = PidRecord.load(self.pid_file)
-        try:
-            return record is not None and int(self.ready_file.read_text()) == record.pid
-        except (FileNotFoundError, ValueError):
-            return False
-
-
-class StreamingJob(Service):
+class StreamingJob(_PipelineClient):
     """The lab-9 spark-submit job (python -m streaming): Kafka `iot` -> model server -> Kudu `sensors`."""
 
     name = "streaming"
-    needs_others_ready = True
 
     @property
     def address(self) -> str:
         return f"kafka:{self.cfg.kafka_port}->kudu:{self.cfg.kudu_master_port}"
 
-    @property
-    def listen_port(self) -> int | None:
-        return None
-
-    @property
-    def ready_file(self) -> Path:
-        return self.cfg.pids_dir / "streaming.ready"
-
-    def prepare(self, secrets: dict[str, str]) -> None:
-        self.ready_file.unlink(missing_ok=True)
-
     def command(self) -> list[str]:
         checkpoint = self.cfg.data_dir / "checkpoints" / "kafka_to_kudu"
         return [sys.executable, "-m", "streaming", "--checkpoint", str(checkpoint),
                 "--ready-file", str(self.ready_file)]
-
-    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
-        return {**os.environ, **local_stack_settings(self.cfg, secrets)}
-
-    def is_ready(self, secrets: dict[str, str]) -> bool:
-        """The query has started: the job writes the ready file then (newer than this start's pid file)."""
-        try:
-            return self.ready_file.stat().st_mtime >= self.pid_file.stat().st_mtime
-        except FileNotFoundError:
-            return False
 
 
 SERVICE_CLASSES: tuple[type[Service], ...] = (
