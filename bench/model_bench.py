@@ -23,14 +23,13 @@ import sys
 import time
 
 import numpy as np
-import pyarrow as pa
 import requests
 
-from contract import FEATURES, format_feature_string
+from contract import format_feature_string
 from model.registry import load_served_model, model_path
-from model.server.api import ARROW_STREAM
 from model.server.scoring import ModelHolder
 from model.train import held_out_split
+from model.wire import ARROW_STREAM, ipc_to_results, rows_to_ipc
 from stack.probes import http_ok, wait_until
 
 
@@ -38,14 +37,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def arrow_body(rows: np.ndarray) -> bytes:
-    table = pa.table({name: rows[:, i] for i, name in enumerate(FEATURES)})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def timed_loop(step, rows: np.ndarray, batch: int, seconds: float) -> tuple[float, np.ndarray]:
@@ -86,10 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         wait_until(lambda: http_ok(f"{base}/health"), 60, "model server")
 
         def via_arrow(chunk: np.ndarray) -> np.ndarray:
-            response = session.post(f"{base}/predict/batch", data=arrow_body(chunk),
+            response = session.post(f"{base}/predict/batch", data=rows_to_ipc(chunk),
                                     headers={"Content-Type": ARROW_STREAM}, timeout=60)
             response.raise_for_status()
-            return pa.ipc.open_stream(response.content).read_all().column("result").to_numpy()
+            return ipc_to_results(response.content)
 
         def via_json(chunk: np.ndarray) -> np.ndarray:
             response = session.post(f"{base}/predict/batch", json={"rows": chunk.tolist()}, timeout=60)

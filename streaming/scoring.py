@@ -11,12 +11,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import requests
 
-from contract import FEATURES, ID_FIELD, LABEL, SENSOR_FIELDS, TS_FIELD, InvalidReading, parse_reading
+from contract import ID_FIELD, LABEL, SENSOR_FIELDS, TS_FIELD, InvalidReading, parse_reading
+from model.wire import ARROW_STREAM, ipc_to_results, rows_to_ipc
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
 # Columns of what mapInPandas returns (see OUTPUT_SCHEMA in the job): `kind` tells scored rows from dead letters.
 OUTPUT_COLUMNS = ["kind", ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, "value", "reason"]
 
@@ -28,11 +27,7 @@ class ModelUnavailable(RuntimeError):
 def score_batch(rows: np.ndarray, model_url: str, access_key: str, timeout_s: float = 30,
                 attempts: int = 5, session: requests.Session | None = None) -> np.ndarray:
     """Verdicts for an (n, 12) array from the model server's Arrow batch endpoint, with bounded retries."""
-    table = pa.table({name: rows[:, i] for i, name in enumerate(FEATURES)})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    body = sink.getvalue().to_pybytes()
+    body = rows_to_ipc(rows)
     http = session or requests
     problem = "no attempt made"
     for attempt in range(attempts):
@@ -40,7 +35,7 @@ def score_batch(rows: np.ndarray, model_url: str, access_key: str, timeout_s: fl
             response = http.post(f"{model_url}/predict/batch", data=body, timeout=timeout_s,
                                  headers={"Content-Type": ARROW_STREAM, "Authorization": f"Bearer {access_key}"})
             if response.status_code == 200:
-                return pa.ipc.open_stream(response.content).read_all().column("result").to_numpy()
+                return ipc_to_results(response.content)
             problem = f"HTTP {response.status_code}: {response.text[:300]}"
             if response.status_code in (400, 401, 413):
                 break  # retrying cannot fix the request or the key

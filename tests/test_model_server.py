@@ -12,14 +12,13 @@ import urllib.error
 import urllib.request
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from contract import FEATURES
 from model.registry import load_served_model, promote
 from model.server import create_app
-from model.server.api import ARROW_STREAM
 from model.train import held_out_split, train
+from model.wire import ARROW_STREAM, ipc_to_results, rows_to_ipc
 from stack.probes import http_ok, wait_until
 from stack.secrets import read_env_file
 from tests.conftest import free_ports
@@ -41,14 +40,6 @@ def model_file(served_model_file, tmp_path):
 def client(model_file):
     app = create_app({"MODEL_ACCESS_KEY": KEY, "MODEL_PATH": str(model_file), "MAX_CONTENT_LENGTH": 2_000_000})
     return app.test_client()
-
-
-def arrow_body(rows: np.ndarray, columns=FEATURES) -> bytes:
-    table = pa.table({name: rows[:, i] for i, name in enumerate(columns)})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 @pytest.mark.parametrize("feature, expected", [(HEALTHY_EXAMPLE, 1), (FAILING_EXAMPLE, 0)])
@@ -111,9 +102,9 @@ def test_batch_json_and_arrow_equal_in_process_predictions(client, model_file):
     as_json = client.post("/predict/batch", json={"rows": rows.tolist()}, headers=AUTH)
     assert as_json.status_code == 200
     assert as_json.json["results"] == expected.tolist()
-    as_arrow = client.post("/predict/batch", data=arrow_body(rows), headers={**AUTH, "Content-Type": ARROW_STREAM})
+    as_arrow = client.post("/predict/batch", data=rows_to_ipc(rows), headers={**AUTH, "Content-Type": ARROW_STREAM})
     assert as_arrow.status_code == 200 and as_arrow.mimetype == ARROW_STREAM
-    results = pa.ipc.open_stream(as_arrow.data).read_all().column("result").to_numpy()
+    results = ipc_to_results(as_arrow.data)
     assert results.tolist() == expected.tolist()
 
 
@@ -133,12 +124,12 @@ def test_bad_batch_rows_are_a_400_naming_row_and_field(client, body, message):
 def test_bad_arrow_batches_are_a_400(client):
     rows = np.ones((3, 12))
     headers = {**AUTH, "Content-Type": ARROW_STREAM}
-    missing = client.post("/predict/batch", data=arrow_body(rows[:, :11], FEATURES[:11]), headers=headers)
+    missing = client.post("/predict/batch", data=rows_to_ipc(rows[:, :11], FEATURES[:11]), headers=headers)
     assert missing.status_code == 400 and "sensor_11" in missing.json["error"]
     garbage = client.post("/predict/batch", data=b"not arrow at all", headers=headers)
     assert garbage.status_code == 400 and "not an Arrow IPC stream" in garbage.json["error"]
     rows[2, 3] = np.inf
-    infinite = client.post("/predict/batch", data=arrow_body(rows), headers=headers)
+    infinite = client.post("/predict/batch", data=rows_to_ipc(rows), headers=headers)
     assert infinite.status_code == 400 and "row 2, sensor_3" in infinite.json["error"]
 
 

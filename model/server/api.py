@@ -25,8 +25,8 @@ from werkzeug.exceptions import BadRequest, HTTPException, Unauthorized
 
 from contract import N_SENSORS, SENSOR_FIELDS, FeatureError, parse_feature_string, validate_features
 from model.server.scoring import ModelHolder
+from model.wire import ARROW_STREAM, results_to_ipc
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
 bp = Blueprint("api", __name__)
 
 
@@ -126,11 +126,7 @@ def _arrow_rows(raw: bytes) -> np.ndarray:
 
 
 def _arrow_response(results: np.ndarray) -> Response:
-    sink = pa.BufferOutputStream()
-    table = pa.table({"result": pa.array(results, type=pa.int8())})
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return Response(sink.getvalue().to_pybytes(), mimetype=ARROW_STREAM)
+    return Response(results_to_ipc(results), mimetype=ARROW_STREAM)
 
 
 @bp.get("/health")
