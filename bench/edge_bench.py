@@ -16,22 +16,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
+from bench.processes import forget_sessions, start_gateway, stop_group
 from simulator.config import load_simulator_config
 from simulator.publisher import run
 from stack.connection import connection_settings, require
-from stack.probes import wait_until
 
 BENCH_TOPIC = "iot.bench"
 MQTT_TOPIC = "bench"
@@ -57,34 +52,6 @@ def wait_for_records(bootstrap: str, target: int, timeout_s: float = 600) -> tup
             return first or time.monotonic(), time.monotonic()
         time.sleep(0.1)  # polling interval of a measurement, not synchronisation
     raise TimeoutError(f"{BENCH_TOPIC} reached {total_offset(bootstrap)} of {target} records in {timeout_s} s")
-
-
-def start_gateway(workers: int, ready: Path) -> subprocess.Popen:
-    ready.unlink(missing_ok=True)
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--workers", str(workers), "--gateway-id", f"gw-bench-{workers}",
-         "--topic-filter", f"{MQTT_TOPIC}/#", "--share-group", f"bench-{workers}", "--kafka-topic", BENCH_TOPIC,
-         "--metrics-interval", "3600", "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_until(ready.exists, 60, "bench gateway", abort=lambda: "exited" if gateway.poll() is not None else None)
-    return gateway
-
-
-def stop_gateway(gateway: subprocess.Popen) -> None:
-    os.killpg(gateway.pid, signal.SIGTERM)
-    gateway.wait(timeout=120)
-
-
-def forget_sessions(settings: dict[str, str], workers: int) -> None:
-    """End the bench gateway's persistent MQTT sessions, so the broker stops queueing bench readings for them."""
-    for index in range(workers):
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"gw-bench-{workers}-{index}",
-                             protocol=mqtt.MQTTv5)
-        client.username_pw_set(settings["MQTT_USERNAME"], settings["MQTT_PASSWORD"])
-        client.connect(settings["MQTT_HOST"], int(settings["MQTT_PORT"]), clean_start=True)  # expiry 0 by default
-        client.loop_start()
-        client.disconnect()
-        client.loop_stop()
 
 
 def producer_ceiling(bootstrap: str, messages: int) -> float:
@@ -122,20 +89,21 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready"
         for workers in args.workers:
-            gateway = start_gateway(workers, ready)
+            gateway_id = f"gw-bench-{workers}"
+            gateway = start_gateway(gateway_id, workers, f"{MQTT_TOPIC}/#", BENCH_TOPIC, ready)
             target = total_offset(bootstrap) + args.messages
             t0 = time.monotonic()
             summary = run(sim, progress=False)
             _, done = wait_for_records(bootstrap, target)
             end_to_end = args.messages / (done - t0)
-            stop_gateway(gateway)  # its sessions stay: Mosquitto now queues for them
+            stop_group(gateway)  # its sessions stay: Mosquitto now queues for them
 
             target = total_offset(bootstrap) + args.messages
             run(sim, progress=False)
-            gateway = start_gateway(workers, ready)
+            gateway = start_gateway(gateway_id, workers, f"{MQTT_TOPIC}/#", BENCH_TOPIC, ready)
             first, last = wait_for_records(bootstrap, target)
-            stop_gateway(gateway)
-            forget_sessions(settings, workers)
+            stop_group(gateway)
+            forget_sessions(settings, gateway_id, workers)
             print(f"{workers:>7}  {end_to_end:>16,.0f}  {summary.rate:>15,.0f}  "
                   f"{args.messages / (last - first):>21,.0f}")
     print(f"kafka-python producer alone (acks=all, idempotent, lz4): {producer_ceiling(bootstrap, args.messages):,.0f}"

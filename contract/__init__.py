@@ -136,5 +136,10 @@ def validate_features(values: Sequence[object]) -> list[float]:
 
 
 def format_feature_string(values: Sequence[float]) -> str:
-    """The feature string for 12 values, as the workshop's client sent it."""
-    return ", ".join(f"{v:g}" for v in validate_features(values))
+    """The feature string for 12 values, as the workshop's client sent it ("0, 65, 21.95, ..."), but lossless."""
+    return ", ".join(_shortest(v) for v in validate_features(values))
+
+
+def _shortest(value: float) -> str:
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)

@@ -15,6 +15,10 @@ from simulator.config import SimulatorConfig
 from simulator.fleet import FAULT_KINDS, Fleet
 
 BATCH = 200  # readings generated at once (vectorised); published one by one
+# paho numbers outgoing messages 1..65535; with more than that unacknowledged, ids collide and paho silently
+# loses messages. Flat out, the publisher waits for acknowledgements beyond this many.
+MAX_UNACKED = 20_000
+PACED_BATCH_S = 0.01
 
 
 @dataclass
@@ -71,6 +75,8 @@ def publish_share(cfg: SimulatorConfig, index: int, published, faults, stop) -> 
     client = _connect(cfg, f"iot-simulator-{index}-{time.time_ns()}")
     client.on_publish = on_publish
     sent, next_at = 0, time.monotonic()
+    # Paced, generate only what is due within PACED_BATCH_S: sensor_ts stays that close to the publish time.
+    per_batch = max(1, min(BATCH, int(PACED_BATCH_S / interval))) if interval else BATCH
 
     def more() -> bool:
         within_quota = not cfg.messages or sent < quota
@@ -78,20 +84,26 @@ def publish_share(cfg: SimulatorConfig, index: int, published, faults, stop) -> 
 
     try:
         while more():
-            batch = BATCH if not cfg.messages else min(BATCH, quota - sent)
-            if interval:
-                batch = 1
+            batch = per_batch if not cfg.messages else min(per_batch, quota - sent)
             for topic, payload in fleet.next_messages(batch):
                 if interval:
                     time.sleep(max(0.0, next_at - time.monotonic()))  # pacing, not synchronisation
                     next_at += interval
+                while sent - acked[0] >= MAX_UNACKED:
+                    time.sleep(0.001)  # back-pressure: let the broker's acknowledgements catch up
                 client.publish(topic, payload, qos=cfg.qos)
                 sent += 1
                 if cfg.verbose and interval:
                     print(f"{topic} {payload.decode(errors='replace')}", flush=True)
-        deadline_ack = time.monotonic() + 60
-        while acked[0] < sent and time.monotonic() < deadline_ack:
-            time.sleep(0.01)  # waiting for the broker's acknowledgements of what was sent
+        # Wait for the broker's acknowledgements of what was sent (paho may still hold a long queue of it), as
+        # long as they keep coming: give up only after 60 s without progress.
+        last_acked, deadline_ack = -1, 0.0
+        while acked[0] < sent:
+            if acked[0] != last_acked:
+                last_acked, deadline_ack = acked[0], time.monotonic() + 60
+            elif time.monotonic() > deadline_ack:
+                break
+            time.sleep(0.01)
     finally:
         client.disconnect()
         client.loop_stop()

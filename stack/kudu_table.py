@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from sql.client import cursor
 from stack.config import REPO_ROOT
 
 SENSORS_DDL = REPO_ROOT / "sql" / "create_sensors.sql"
@@ -151,3 +152,15 @@ def ensure_table(kudu_home: Path, master: str, spec: KuduTableSpec) -> bool:
         return False
     kudu_cli(kudu_home, "table", "create", master, spec.to_kudu_json())
     return True
+
+
+def register_in_sql(host: str, port: int, sql_table: str, master: str) -> str:
+    """(Re)register `sql_table` in the Spark Thrift Server over Kudu's `impala::default.<sql_table>`.
+
+    Dropping the Spark table leaves Kudu's data alone. Returns the Kudu table's name."""
+    kudu_table = impala_kudu_table_name(sql_table)
+    with cursor(host, port) as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {sql_table}")
+        cur.execute(f"CREATE TABLE {sql_table} USING kudu OPTIONS ("
+                    f"'kudu.master' = '{master}', 'kudu.table' = '{kudu_table}')")
+    return kudu_table

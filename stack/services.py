@@ -14,11 +14,10 @@ import sys
 import uuid
 from pathlib import Path
 
-from sql.client import cursor
 from stack import probes
 from stack.config import StackConfig
 from stack.connection import local_stack_settings
-from stack.kudu_table import ensure_table, impala_kudu_table_name, kudu_environment, load_sensors_spec
+from stack.kudu_table import ensure_table, kudu_environment, load_sensors_spec, register_in_sql
 from stack.spark import spark_environment, spark_submit_command
 
 IOT_TOPIC = "iot"
@@ -343,14 +342,8 @@ class SqlServer(Service):
         return probes.sql_answers(self.cfg.host, self.cfg.sql_port)
 
     def initialise(self, secrets: dict[str, str]) -> str | None:
-        """(Re)register `sensors` as a Spark table over the Kudu table; dropping it leaves Kudu's data alone."""
-        kudu_table = impala_kudu_table_name(SQL_TABLE)
-        with cursor(self.cfg.host, self.cfg.sql_port) as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {SQL_TABLE}")
-            cur.execute(
-                f"CREATE TABLE {SQL_TABLE} USING kudu OPTIONS ("
-                f"'kudu.master' = '{self.cfg.kudu_master_address}', 'kudu.table' = '{kudu_table}')"
-            )
+        """(Re)register `sensors` as a Spark table over the Kudu table."""
+        kudu_table = register_in_sql(self.cfg.host, self.cfg.sql_port, SQL_TABLE, self.cfg.kudu_master_address)
         return f"SQL table {SQL_TABLE} -> Kudu {kudu_table}"
 
 

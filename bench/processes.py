@@ -1,0 +1,76 @@
+"""What the benchmarks share: their own gateway and streaming-job processes, and CPU time per process group."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from stack.probes import wait_until
+from stack.process import group_members
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def start_with_ready_file(command: list[str], ready: Path, what: str, log: Path | None = None,
+                          timeout_s: float = 180, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `command` in its own process group and wait until it touches `ready`."""
+    ready.unlink(missing_ok=True)
+    out = log.open("a") if log else subprocess.DEVNULL
+    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    if log:
+        out.close()
+    hint = f" (log: {log})" if log else ""
+    wait_until(ready.exists, timeout_s, what,
+               abort=lambda: f"exited with {process.returncode}{hint}" if process.poll() is not None else None)
+    return process
+
+
+def start_gateway(gateway_id: str, workers: int, topic_filter: str, kafka_topic: str, ready: Path) -> subprocess.Popen:
+    """A gateway of the benchmark's own: its MQTT topics into its Kafka topic."""
+    return start_with_ready_file(
+        [sys.executable, "-m", "gateway", "--workers", str(workers), "--gateway-id", gateway_id,
+         "--topic-filter", topic_filter, "--share-group", gateway_id, "--kafka-topic", kafka_topic,
+         "--metrics-interval", "3600", "--ready-file", str(ready)],
+        ready, f"gateway {gateway_id}")
+
+
+def stop_group(process: subprocess.Popen, timeout_s: float = 120) -> None:
+    """SIGTERM to the process group, then wait (the gateway drains, Spark stops its query)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=timeout_s)
+
+
+def forget_sessions(settings: dict[str, str], gateway_id: str, workers: int) -> None:
+    """End a bench gateway's persistent MQTT sessions, so the broker stops queueing bench readings for them."""
+    for index in range(workers):
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{gateway_id}-{index}",
+                             protocol=mqtt.MQTTv5)
+        client.username_pw_set(settings["MQTT_USERNAME"], settings["MQTT_PASSWORD"])
+        client.connect(settings["MQTT_HOST"], int(settings["MQTT_PORT"]), clean_start=True)  # expiry 0 by default
+        client.loop_start()
+        client.disconnect()
+        client.loop_stop()
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system, including reaped children) of a process group's live members."""
+    total = 0
+    for pid in group_members(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+    return total / CLOCK_TICKS
+
+
+def own_cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime

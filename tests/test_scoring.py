@@ -1,0 +1,55 @@
+"""The streaming job's per-partition work (streaming/scoring.py) against the stack's real model server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from contract import SENSOR_FIELDS
+from model.data import load_history
+from model.registry import load_served_model
+from streaming.scoring import ModelUnavailable, check_and_score, score_batch
+
+pytestmark = pytest.mark.stack
+
+
+def readings(n: int) -> tuple[list[bytes], np.ndarray]:
+    features = load_history().head(n)[list(SENSOR_FIELDS)].to_numpy(dtype=np.float64)
+    payloads = [json.dumps({"sensor_id": i, "sensor_ts": 1_700_000_000_000_000 + i,
+                            **{f"sensor_{k}": float(v) for k, v in enumerate(row)}}).encode()
+                for i, row in enumerate(features)]
+    return payloads, features
+
+
+@pytest.fixture()
+def model_server(local_stack, secrets):
+    return f"http://{local_stack.cfg.host}:{local_stack.cfg.model_port}", secrets["MODEL_ACCESS_KEY"]
+
+
+@pytest.mark.parametrize("scoring", ["batch", "per-record"])
+def test_both_scorings_give_the_model_verdicts_and_dead_letter_the_rest(model_server, served_model_file, scoring):
+    url, key = model_server
+    payloads, features = readings(200)
+    bad = b'{"sensor_id": 7, "sensor_ts": 1700000000000000, "sensor_0": "hot"}'
+    batch = pd.DataFrame({"value": [*payloads[:100], bad, *payloads[100:]]})
+
+    (out,) = list(check_and_score(iter([batch]), url, key, scoring))
+
+    scored = out[out["kind"] == "scored"]
+    pipeline, _ = load_served_model(served_model_file)
+    expected = pipeline.predict(features)
+    assert scored["sensor_id"].tolist() == list(range(200))
+    assert scored["is_healthy"].tolist() == expected.astype(int).tolist()
+    assert str(scored["sensor_ts"].iloc[0]) == "2023-11-14 22:13:20"
+    dead = out[out["kind"] == "dead"]
+    assert dead["value"].tolist() == [bad]
+    assert dead["reason"].tolist() == ["sensor_1: missing"]
+
+
+def test_a_wrong_key_fails_the_batch_instead_of_skipping_it(model_server):
+    url, _ = model_server
+    with pytest.raises(ModelUnavailable, match="HTTP 401"):
+        score_batch(np.zeros((3, 12)), url, "not-the-key", attempts=2)
