@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status demo test lint clean train experiments mlflow-ui bench bench-model bench-edge simulate
+.PHONY: help setup up down status demo test lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,13 +35,19 @@ mlflow-ui: ## MLflow's UI over the project's runs, on http://127.0.0.1:5000
 	@$(PY) -m mlflow ui --backend-store-uri "$$($(PY) -c 'from model.registry import tracking_uri; print(tracking_uri())')" \
 		--host 127.0.0.1 --port 5000
 
-bench: bench-model bench-edge ## every benchmark
+bench: bench-model bench-edge bench-pipeline ## every benchmark
 
 bench-edge: up ## simulator -> Mosquitto -> gateway -> Kafka msg/s, and the gateway's ceiling from an MQTT backlog
 	@$(PY) -m bench.edge_bench
 
+lab: up ## the workshop: JupyterLab on http://127.0.0.1:8888 with the lab notebooks 01-10 (token in the URL printed)
+	@$(PY) -m jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir notebooks
+
 simulate: up ## lab 3: run the sensor simulator as the workshop did (one reading a second; Ctrl-C stops)
 	@$(PY) -m simulator simulator/mqtt.iot.config
+
+bench-pipeline: up ## MQTT in -> queryable in Kudu: records/s, p50/p99 latency, CPU per stage; batch vs per-record scoring
+	@$(PY) -m bench.pipeline_bench
 
 bench-model: setup ## model server over HTTP vs in-process predict: rows/s by batch size, single-call p50/p99
 	@$(PY) -m bench.model_bench
