@@ -12,7 +12,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 from stack.config import load_config
@@ -56,8 +55,7 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 @pytest.mark.parametrize("lab", LABS, ids=[lab.stem for lab in LABS])
 def test_lab_runs_top_to_bottom(lab: Path, lab_stack: dict[str, str]):
     notebook = nbformat.read(lab, as_version=4)
-    kernel = KernelManager(kernel_name="python3", transport="ipc")  # a Unix socket, not TCP
-    client = NotebookClient(notebook, km=kernel, timeout=LAB_TIMEOUT_S,
+    client = NotebookClient(notebook, kernel_name="python3", timeout=LAB_TIMEOUT_S,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()
     errors = [output for cell in notebook.cells for output in cell.get("outputs", [])
