@@ -2,10 +2,10 @@
 PY := .venv/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status demo test lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab
+.PHONY: help setup up down status demo test lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab compose-secrets compose-e2e
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-16s %s\n", $$1, $$2}'
 
 setup: ## install everything (apt, .venv, Kafka/Kudu/Spark connectors from Maven Central); idempotent
 	@bash stack/setup.sh
@@ -51,6 +51,12 @@ bench-pipeline: up ## MQTT in -> queryable in Kudu: records/s, p50/p99 latency, 
 
 bench-model: setup ## model server over HTTP vs in-process predict: rows/s by batch size, single-call p50/p99
 	@$(PY) -m bench.model_bench
+
+compose-secrets: ## write .env for docker-compose.yml with generated secrets (kept if it exists)
+	@bash compose/secrets.sh
+
+compose-e2e: ## with Docker: docker-compose.yml up, end-to-end check through Impala, down (volumes too)
+	@bash compose/e2e.sh
 
 lint: ## ruff
 	@$(PY) -m ruff check .

@@ -32,6 +32,8 @@ from pathlib import Path
 from gateway.bridge import GatewaySettings, GatewayWorker
 from stack.connection import connection_settings, require
 
+SETTINGS = ("MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP")  # what it reads
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Bridge MQTT readings into Kafka.",
@@ -63,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    host, port, username, password, bootstrap = require(
-        connection_settings(), "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP")
+    host, port, username, password, bootstrap = require(connection_settings(), *SETTINGS)
     settings = GatewaySettings(host, int(port), username, password, bootstrap, args.gateway_id,
                                args.topic_filter, args.share_group, args.kafka_topic, args.dead_letter_topic,
                                args.metrics_interval, args.workers)

@@ -21,9 +21,16 @@ def cursor(host: str | None = None, port: int | None = None, timeout_s: float = 
     """An impyla cursor (one SQL session) on SQL_HOST:SQL_PORT; arguments win over the environment."""
     host = host or os.environ.get("SQL_HOST", "127.0.0.1")
     port = int(port or os.environ.get("SQL_PORT", "10000"))
-    # The local endpoint has no authentication (it listens on loopback only); impyla speaks PLAIN SASL to it.
-    conn = impyla_connect(host=host, port=port, auth_mechanism="PLAIN", user=getpass.getuser(),
-                          password="unused", timeout=timeout_s)
+    # The local endpoint has no authentication (it listens on loopback only) and takes PLAIN SASL with any
+    # password; an Impala without authentication (Compose) wants NOSASL, one with LDAP PLAIN with SQL_USER and
+    # SQL_PASSWORD, one with Kerberos GSSAPI (after kinit). SQL_USE_SSL=true for TLS.
+    mechanism = os.environ.get("SQL_AUTH_MECHANISM", "PLAIN")
+    credentials = {}
+    if mechanism == "PLAIN":
+        credentials = {"user": os.environ.get("SQL_USER") or getpass.getuser(),
+                       "password": os.environ.get("SQL_PASSWORD") or "unused"}
+    conn = impyla_connect(host=host, port=port, auth_mechanism=mechanism, timeout=timeout_s,
+                          use_ssl=os.environ.get("SQL_USE_SSL", "false").lower() == "true", **credentials)
     try:
         # Each impyla cursor is its own server-side session: settings must be made on the cursor we hand out.
         cur = conn.cursor()

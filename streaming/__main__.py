@@ -2,6 +2,7 @@
 
 Connection settings (KAFKA_BOOTSTRAP, KUDU_MASTER, MODEL_URL, MODEL_ACCESS_KEY) come from the environment or
 .stack/connection.env; job options (see `--help`) are passed through to streaming/kafka_to_kudu.py.
+SPARK_MASTER (default `local[*]`) picks the cluster, e.g. `spark://spark-master:7077` under Compose.
 """
 
 from __future__ import annotations
@@ -16,18 +17,19 @@ from stack.connection import connection_settings, require
 from stack.spark import connector_packages, spark_environment, spark_submit_command
 
 JOB = Path(__file__).resolve().parent / "kafka_to_kudu.py"
+SETTINGS = ("KAFKA_BOOTSTRAP", "KUDU_MASTER", "MODEL_URL", "MODEL_ACCESS_KEY")  # what the job reads
 
 
 def job_command(job_args: list[str]) -> list[str]:
     return spark_submit_command(load_config(), app=[str(JOB), *job_args], packages=connector_packages(),
-                                master="local[*]", conf={"spark.ui.enabled": "false"})
+                                master=os.environ.get("SPARK_MASTER", "local[*]"), conf={"spark.ui.enabled": "false"})
 
 
 def main(argv: list[str] | None = None) -> None:
     job_args = sys.argv[1:] if argv is None else argv
     settings = connection_settings()
     if "-h" not in job_args and "--help" not in job_args:
-        require(settings, "KAFKA_BOOTSTRAP", "KUDU_MASTER", "MODEL_URL", "MODEL_ACCESS_KEY")
+        require(settings, *SETTINGS)
     command = job_command(job_args)
     print("$ " + " ".join(shlex.quote(part) for part in command), file=sys.stderr, flush=True)
     env = {**spark_environment(load_config()), **settings}

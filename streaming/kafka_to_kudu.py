@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-offsets-per-trigger", type=int, default=200_000,
                         help="upper bound of records per micro-batch (default 200,000)")
     parser.add_argument("--checkpoint", default=env("STREAMING_CHECKPOINT", ".stack/data/checkpoints/kafka_to_kudu"))
+    parser.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Kafka client setting for the source and the dead-letter sink, repeatable: e.g. "
+                             "security.protocol=SASL_SSL (see docs/cluster.md)")
     parser.add_argument("--fail-on-data-loss", action="store_true",
                         help="stop if Kafka deleted offsets the checkpoint wants (default: log and go on)")
     parser.add_argument("--restart-delay-seconds", type=float, default=5.0,
@@ -65,9 +68,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def kafka_options(args: argparse.Namespace) -> dict[str, str]:
+    """The Kafka client settings: the bootstrap servers and every --kafka-option, prefixed `kafka.` for Spark."""
+    options = {"kafka.bootstrap.servers": args.bootstrap_servers}
+    for option in args.kafka_option:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --kafka-option {option!r} is not KEY=VALUE")
+        options[f"kafka.{key}"] = value
+    return options
+
+
 def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
     return (spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", args.bootstrap_servers)
+            .options(**kafka_options(args))
             .option("subscribe", args.topic)
             .option("startingOffsets", "earliest")
             .option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
@@ -103,7 +117,7 @@ def write_batch(args: argparse.Namespace, access_key: str):
                  .select(F.col("value"), F.array(F.struct(F.lit("reason").alias("key"),
                                                           F.col("reason").cast("binary").alias("value")))
                          .alias("headers"))
-                 .write.format("kafka").option("kafka.bootstrap.servers", args.bootstrap_servers)
+                 .write.format("kafka").options(**kafka_options(args))
                  .option("topic", args.dead_letter_topic).save())
         finally:
             scored.unpersist()
