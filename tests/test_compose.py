@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,19 @@ def test_the_file_follows_the_compose_specification():
     result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
                              str(COMPOSE_FILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The loader Docker Compose itself is built on, from the Go module proxy: it parses and normalises the whole file
+# (every profile) as `docker compose config` would, beyond what the schema says.
+COMPOSE_GO = "github.com/compose-spec/compose-go/v2/cmd@v2.16.2"
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs Go to build compose-go's loader")
+def test_the_compose_loader_accepts_the_file():
+    result = subprocess.run(["go", "run", COMPOSE_GO, "-no-interpolation", str(COMPOSE_FILE)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "spark-worker-2:" in result.stdout  # profile services are loaded and checked too
 
 
 def test_every_service_has_a_healthcheck_or_says_why_not():
