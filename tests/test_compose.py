@@ -103,6 +103,14 @@ def test_every_variable_a_part_reads_is_set_for_the_service_that_runs_it():
         assert set(variables) <= set(environment), (service, set(variables) - set(environment))
 
 
+def test_every_long_running_jvm_or_native_service_has_a_memory_limit():
+    small = {"mosquitto", "gateway", "simulator"}  # a few MiB to ~100 MiB each
+    for name, service in SERVICES.items():
+        if name in small or "x-healthcheck-exempt" in service and service.get("restart") == "no":
+            continue
+        assert service.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory"), name
+
+
 def test_published_ports_bind_to_the_configured_address_loopback_by_default():
     for name, service in SERVICES.items():
         for port in service.get("ports", []):
