@@ -27,6 +27,7 @@ import json
 import os
 import re
 import resource
+import signal
 import sys
 import tempfile
 import threading
@@ -217,17 +218,23 @@ class Pipeline:
              "--ready-file", str(self.workdir / f"job-{self.scoring}.ready")],
             self.workdir / f"job-{self.scoring}.ready", f"streaming job ({self.scoring})", self.job_log,
             env={**os.environ, **self.settings})
-        self.gateway = start_gateway(self.gateway_id, self.gateway_workers, f"{MQTT_TOPIC}/#", self.topic,
-                                     self.workdir / f"gateway-{self.scoring}.ready")
+        try:
+            self.gateway = start_gateway(self.gateway_id, self.gateway_workers, f"{MQTT_TOPIC}/#", self.topic,
+                                         self.workdir / f"gateway-{self.scoring}.ready")
+        except BaseException:
+            stop_group(self.job)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        stop_group(self.gateway)
-        forget_sessions(self.settings, self.gateway_id, self.gateway_workers)
-        stop_group(self.job)
-        admin = KafkaAdminClient(bootstrap_servers=self.settings["KAFKA_BOOTSTRAP"])
-        admin.delete_topics([self.topic])
-        admin.close()
+        try:
+            stop_group(self.gateway)
+            forget_sessions(self.settings, self.gateway_id, self.gateway_workers)
+        finally:
+            stop_group(self.job)
+            admin = KafkaAdminClient(bootstrap_servers=self.settings["KAFKA_BOOTSTRAP"])
+            admin.delete_topics([self.topic])
+            admin.close()
 
     def process_groups(self) -> dict[str, int]:
         return {"gateway": self.gateway.pid, "streaming job": self.job.pid}
@@ -332,19 +339,25 @@ def print_report(outcomes: list[Outcome]) -> None:
             print(f"  {stage:<28} {seconds / o.readings * 1e6:>9,.1f} us/record  {seconds / o.seconds:>5.2f} cores")
 
 
-def prepare_table(cfg: StackConfig, settings: dict[str, str]) -> str:
+def prepare_table(cfg: StackConfig, settings: dict[str, str]) -> None:
     """A fresh Kudu table like `sensors` (same DDL), registered in SQL as `sensors_bench`."""
     spec = dataclasses.replace(load_sensors_spec(), name=impala_kudu_table_name(SQL_TABLE))
     drop_table(cfg, settings)
     ensure_table(cfg.kudu_home, settings["KUDU_MASTER"], spec)
     register_in_sql(settings["SQL_HOST"], int(settings["SQL_PORT"]), SQL_TABLE, settings["KUDU_MASTER"])
-    return spec.name
 
 
 def drop_table(cfg: StackConfig, settings: dict[str, str]) -> None:
+    """The bench table, from SQL and from Kudu."""
+    with cursor(settings["SQL_HOST"], int(settings["SQL_PORT"])) as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {SQL_TABLE}")
     name = impala_kudu_table_name(SQL_TABLE)
     if name in kudu_cli(cfg.kudu_home, "table", "list", settings["KUDU_MASTER"]).split():
         kudu_cli(cfg.kudu_home, "table", "delete", settings["KUDU_MASTER"], name)
+
+
+def interrupt(*_args) -> None:
+    raise KeyboardInterrupt
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -363,8 +376,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)  # stop like Ctrl+C: the bench's own processes are stopped too
     settings = connection_settings()
     require(settings, "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP", "KUDU_MASTER",
             "SQL_HOST", "SQL_PORT", "MODEL_URL", "MODEL_ACCESS_KEY")
@@ -380,10 +394,14 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="pbench-") as workdir:
             for scoring in args.scoring:
                 outcomes += bench.run_mode(scoring, Path(workdir), stamp)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the bench's gateway, job, topic and table are removed; no figures", file=sys.stderr)
+        return 130
     finally:
         drop_table(cfg, settings)
     print_report(outcomes)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -41,10 +41,14 @@ def start_gateway(gateway_id: str, workers: int, topic_filter: str, kafka_topic:
 
 
 def stop_group(process: subprocess.Popen, timeout_s: float = 120) -> None:
-    """SIGTERM to the process group, then wait (the gateway drains, Spark stops its query)."""
+    """SIGTERM to the process group, then wait (the gateway drains, Spark stops its query); SIGKILL if it hangs."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=timeout_s)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 def forget_sessions(settings: dict[str, str], gateway_id: str, workers: int) -> None:
