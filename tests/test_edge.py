@@ -8,10 +8,12 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -182,3 +184,41 @@ def test_a_burst_beyond_mosquittos_default_queue_waits_for_a_stopped_gateway(loc
         local_stack.up(["gateway"])
     records = read_from(cfg.kafka_bootstrap, start, in_range(400_000, 400_020), expected=5_000)
     assert len({(json.loads(r.value)["sensor_ts"], r.key) for r in records}) == 5_000
+
+
+def test_a_publisher_far_ahead_of_a_stalled_broker_loses_nothing(local_stack, secrets, tmp_path):
+    """paho numbers messages 1..65535: with more unacknowledged, ids collide and paho drops messages. The simulator
+    must hold back instead. The broker is frozen (SIGSTOP) just after the first message, while 100,000 are sent."""
+    cfg = local_stack.cfg
+    broker = PidRecord.load(local_stack.select(["mosquitto"])[0].pid_file)
+    arrived = threading.Event()
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stall-watcher")
+    watcher.username_pw_set(secrets["MQTT_USERNAME"], secrets["MQTT_PASSWORD"])
+    watcher.on_message = lambda *_args: arrived.set()
+    watcher.connect(cfg.host, cfg.mqtt_port)
+    watcher.subscribe("stall/#", qos=0)
+    watcher.loop_start()
+
+    def stall_the_broker() -> None:
+        if arrived.wait(60):  # the publisher is connected and publishing
+            watcher.unsubscribe("stall/#")
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                time.sleep(8)  # the stall itself: the publisher runs on while the broker acknowledges nothing
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+
+    staller = threading.Thread(target=stall_the_broker)
+    staller.start()
+    try:
+        config = json.loads(simulator_config_file(tmp_path, cfg, secrets, 900_000, messages=100_000).read_text())
+        config["mqtt"]["topic"] = "stall"
+        (tmp_path / "stall.config").write_text(json.dumps(config))
+        summary = run(load_simulator_config(tmp_path / "stall.config"), progress=False)
+    finally:
+        staller.join()
+        os.kill(broker.pid, signal.SIGCONT)
+        watcher.loop_stop()
+        watcher.disconnect()
+    assert arrived.is_set()
+    assert summary.published == 100_000
