@@ -95,6 +95,9 @@ def test_no_secret_is_written_in_the_file():
         compose_settings(["model"], {})
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO_ROOT)
     assert ignored.returncode == 0, ".env (the generated secrets) must be git-ignored"
+    # ... and kept out of the image, with the local stack's secrets and the environments.
+    build_context_excludes = set((REPO_ROOT / ".dockerignore").read_text().split())
+    assert {".env", ".stack", ".venv", ".git"} <= build_context_excludes
 
 
 def test_every_variable_a_part_reads_is_set_for_the_service_that_runs_it():
