@@ -41,7 +41,8 @@ bench-edge: up ## simulator -> Mosquitto -> gateway -> Kafka msg/s, and the gate
 	@$(PY) -m bench.edge_bench
 
 lab: up ## the workshop: JupyterLab on http://127.0.0.1:8888 with the lab notebooks 01-10 (token in the URL printed)
-	@$(PY) -m jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir notebooks
+	@$(PY) -m jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir notebooks \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 simulate: up ## lab 3: run the sensor simulator as the workshop did (one reading a second; Ctrl-C stops)
 	@$(PY) -m simulator simulator/mqtt.iot.config
