@@ -12,9 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from stack.probes import wait_until
-from stack.process import group_members
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from stack.process import cpu_seconds, group_members
 
 
 def start_with_ready_file(command: list[str], ready: Path, what: str, log: Path | None = None,
@@ -65,14 +63,7 @@ def forget_sessions(settings: dict[str, str], gateway_id: str, workers: int) -> 
 
 def group_cpu_seconds(pgid: int) -> float:
     """CPU seconds (user + system, including reaped children) of a process group's live members."""
-    total = 0
-    for pid in group_members(pgid):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
-    return total / CLOCK_TICKS
+    return cpu_seconds(group_members(pgid))
 
 
 def own_cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:

@@ -86,6 +86,16 @@ def rss_bytes(pids: Iterable[int]) -> int:
     return total
 
 
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU time (user + system, including reaped children) of the given processes, summed."""
+    ticks = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields:
+            ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def spawn(command: list[str], log_file: Path, pid_file: Path, env: dict[str, str], cwd: Path) -> PidRecord:
     """Start a daemon in its own session with output appended to `log_file`; record it in `pid_file`."""
     log_file.parent.mkdir(parents=True, exist_ok=True)

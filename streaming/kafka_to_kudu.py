@@ -94,6 +94,7 @@ def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
 
 def write_batch(args: argparse.Namespace, access_key: str):
     """The foreachBatch function: score, upsert into Kudu, dead-letter the rest, log one line."""
+    dead_letter_options = kafka_options(args)
 
     def process(batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -117,7 +118,7 @@ def write_batch(args: argparse.Namespace, access_key: str):
                  .select(F.col("value"), F.array(F.struct(F.lit("reason").alias("key"),
                                                           F.col("reason").cast("binary").alias("value")))
                          .alias("headers"))
-                 .write.format("kafka").options(**kafka_options(args))
+                 .write.format("kafka").options(**dead_letter_options)
                  .option("topic", args.dead_letter_topic).save())
         finally:
             scored.unpersist()
