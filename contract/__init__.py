@@ -13,14 +13,18 @@ A reading, as the workshop's simulator printed it and as it travels on MQTT `iot
 What the gateway adds on the way into Kafka (`GATEWAY_FIELDS`): `gateway_id` and `received_ts` (microseconds).
 
 A payload that is not a reading (not JSON, not an object, a duplicate key, a missing field, a wrong type, NaN or
-infinity, beyond the wide physical bounds below) raises `InvalidReading` naming the field and the problem.
-Unusual but possible values are readings: judging them is the model's job.
+infinity anywhere, beyond the wide physical bounds below, larger than `MAX_PAYLOAD_BYTES`, nested deeper than
+`MAX_NESTING`, no payload at all) raises `InvalidReading` naming the field and the problem. `parse_reading` is
+total: whatever it is given, it returns a reading or raises `InvalidReading`, never anything else, so that one
+payload can never stop the gateway or the streaming job (both use it). Unusual but possible values are readings:
+judging them is the model's job.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 
 N_SENSORS = 12
@@ -43,6 +47,14 @@ SENSOR_TS_RANGE = (946_684_800_000_000, 4_102_444_800_000_000)  # 2000-01-01 .. 
 SENSOR_VALUE_RANGE = (-100_000.0, 1_000_000.0)
 
 
+# Bounds of what the checks read. A reading is about 350 bytes and flat; these leave room for extra fields while
+# keeping one payload's cost bounded. The gateway and the streaming job take them as options (--max-payload-bytes,
+# --max-nesting); both default to these.
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_NESTING = 32
+_SHOWN_CHARS = 80  # how much of an offending value an error message repeats
+
+
 class InvalidReading(ValueError):
     """A payload that cannot be a reading. `field` names the culprit (None for the payload as a whole)."""
 
@@ -52,44 +64,124 @@ class InvalidReading(ValueError):
         super().__init__(f"{field}: {problem}" if field else problem)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+def clip(text: str, limit: int = _SHOWN_CHARS) -> str:
+    """`text` cut to `limit` characters (with "..." when cut): error messages repeat values, never whole payloads."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def show(value: object) -> str:
+    """A short, printable rendering of an offending value for an error message."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4,000'} digits"
+    return clip(repr(value))
+
+
+def _field_name(key: str) -> str:
+    return key if key.isprintable() and len(key) <= _SHOWN_CHARS else show(key)
+
+
+def _strict_pairs(pairs: list[tuple[str, object]]) -> dict:
+    """object_pairs_hook: refuse a repeated key and a non-finite number, naming the key."""
     seen: dict[str, object] = {}
     for key, value in pairs:
         if key in seen:
-            raise InvalidReading(key, "duplicate key")
+            raise InvalidReading(_field_name(key), "duplicate key")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidReading(_field_name(key), f"{value} is not a finite number")
         seen[key] = value
     return seen
 
 
+def _check_extra(name: str, value: object) -> None:
+    """Extra fields are kept as they are, so they too must hold only finite numbers (arrays included)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InvalidReading(_field_name(name), f"holds {item}, which is not a finite number")
+        if isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+
+
 def _check_int(name: str, value: object, bounds: tuple[int, int]) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidReading(name, f"must be an integer, got {type(value).__name__} {value!r}")
+        raise InvalidReading(name, f"must be an integer, got {type(value).__name__} {show(value)}")
     if not bounds[0] <= value <= bounds[1]:
-        raise InvalidReading(name, f"{value} is outside [{bounds[0]}, {bounds[1]}]")
+        raise InvalidReading(name, f"{show(value)} is outside [{bounds[0]}, {bounds[1]}]")
     return value
 
 
 def _check_sensor(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidReading(name, f"must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
+        raise InvalidReading(name, f"must be a number, got {type(value).__name__} {show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
         raise InvalidReading(name, f"{value} is not a finite number")
     low, high = SENSOR_VALUE_RANGE
-    if not low <= value <= high:
-        raise InvalidReading(name, f"{value} is outside the physical bounds [{low:g}, {high:g}]")
+    if not low <= value <= high:  # exact for any int, however large: no conversion to float
+        raise InvalidReading(name, f"{show(value)} is outside the physical bounds [{low:g}, {high:g}]")
     return value
 
 
-def parse_reading(payload: bytes | str) -> dict:
-    """Parse and validate one reading (JSON). Returns the object; raises InvalidReading otherwise.
-
-    Fields beyond the contract's are kept (they are not the gateway's business)."""
+def _decode(payload: object, max_bytes: int) -> str:
+    """The payload as text, within the size bound (JSON may be UTF-8, -16 or -32, as `json.loads` accepts)."""
+    if payload is None:
+        raise InvalidReading(None, "no payload (a null value: a Kafka tombstone or an empty record)")
+    if isinstance(payload, str):
+        size = len(payload.encode("utf-8", "surrogatepass"))
+    elif isinstance(payload, bytes | bytearray | memoryview):
+        payload = bytes(payload)
+        size = len(payload)
+    else:
+        raise InvalidReading(None, f"payload must be bytes or text, got {type(payload).__name__}")
+    if size > max_bytes:
+        raise InvalidReading(None, f"payload of {size:,} bytes exceeds the limit of {max_bytes:,} bytes")
+    if isinstance(payload, str):
+        return payload
     try:
-        reading = json.loads(payload, object_pairs_hook=_no_duplicate_keys)
-    except InvalidReading:
-        raise
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidReading(None, f"not JSON: {exc}") from None
+        return payload.decode(json.detect_encoding(payload), "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise InvalidReading(None, f"not JSON: not valid Unicode text ({exc.reason} at byte {exc.start})") from None
+
+
+def _nesting(text: str) -> int:
+    """How deep arrays and objects nest in `text`; brackets inside strings do not count. One linear pass."""
+    depth = deepest = skip_to = 0
+    in_string = False
+    for match in _SPECIAL.finditer(text):
+        at = match.start()
+        if at < skip_to:
+            continue
+        char = text[at]
+        if in_string:
+            if char == "\\":
+                skip_to = at + 2  # the escaped character, whatever it is
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+_SPECIAL = re.compile(r'["\\\[\]{}]')
+
+
+def _parse(payload: object, max_bytes: int, max_nesting: int) -> dict:
+    text = _decode(payload, max_bytes)
+    if text.count("[") + text.count("{") > max_nesting and _nesting(text) > max_nesting:
+        raise InvalidReading(None, f"nested deeper than {max_nesting} levels of arrays or objects")
+    try:
+        reading = json.loads(text, object_pairs_hook=_strict_pairs)
+    except ValueError as exc:  # InvalidReading is a ValueError too: keep its field and problem
+        if isinstance(exc, InvalidReading):
+            raise
+        raise InvalidReading(None, f"not JSON: {clip(str(exc), 200)}") from None
     if not isinstance(reading, dict):
         raise InvalidReading(None, f"not a JSON object but {type(reading).__name__}")
     for name in (ID_FIELD, TS_FIELD, *SENSOR_FIELDS):
@@ -99,7 +191,26 @@ def parse_reading(payload: bytes | str) -> dict:
     _check_int(TS_FIELD, reading[TS_FIELD], SENSOR_TS_RANGE)
     for name in SENSOR_FIELDS:
         _check_sensor(name, reading[name])
+    if len(reading) > len(_CONTRACT_FIELDS):
+        for name in reading.keys() - _CONTRACT_FIELDS:
+            _check_extra(name, reading[name])
     return reading
+
+
+_CONTRACT_FIELDS = frozenset((ID_FIELD, TS_FIELD, *SENSOR_FIELDS))
+
+
+def parse_reading(payload: object, max_bytes: int = MAX_PAYLOAD_BYTES, max_nesting: int = MAX_NESTING) -> dict:
+    """Parse and validate one reading (JSON bytes or text). Returns the object; raises InvalidReading otherwise.
+
+    Total: no input makes it raise anything but InvalidReading. Fields beyond the contract's are kept (they are
+    not the gateway's business), but they too must be finite, unrepeated and within the bounds."""
+    try:
+        return _parse(payload, max_bytes, max_nesting)
+    except InvalidReading:
+        raise
+    except Exception as exc:  # noqa: BLE001 - total by design: anything else still means "not a reading"
+        raise InvalidReading(None, f"unreadable payload ({type(exc).__name__}: {clip(str(exc))})") from None
 
 
 class FeatureError(ValueError):
@@ -124,13 +235,15 @@ def validate_features(values: Sequence[object]) -> list[float]:
     row = []
     for name, value in zip(SENSOR_FIELDS, values, strict=True):
         if isinstance(value, bool):
-            raise FeatureError(f"{name}: {value!r} is not a number")
+            raise FeatureError(f"{name}: {show(value)} is not a number")
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise FeatureError(f"{name}: {value!r} is not a number") from None
+            raise FeatureError(f"{name}: {show(value)} is not a number") from None
+        except OverflowError:
+            number = math.inf  # an integer too large for a float
         if not math.isfinite(number):
-            raise FeatureError(f"{name}: {value!r} is not a finite number")
+            raise FeatureError(f"{name}: {show(value)} is not a finite number")
         row.append(number)
     return row
 

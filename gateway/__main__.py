@@ -13,6 +13,11 @@ machine to different workers, so their order in Kafka may differ from the order 
 duplicated by that; the Kudu key sensor_id + sensor_ts makes order moot there). The broker also keeps handing
 messages to a departed worker's session until it expires (7 days): run the same number of workers after a restart.
 
+Every payload becomes a reading (Kafka `iot`) or a dead letter (`iot.dlq`, with the reason): payloads larger
+than `--max-payload-bytes` or nested deeper than `--max-nesting` included. While Kafka is away the gateway
+acknowledges nothing and waits; it resumes by itself. `--health-file` gets the gateway's state every 2 s (up,
+starting, or degraded with what it waits on), which `make status` shows.
+
 Metrics every `--metrics-interval` seconds and at exit: received, produced, dead-lettered, in flight, rate.
 """
 
@@ -23,14 +28,18 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
+from contract import MAX_NESTING, MAX_PAYLOAD_BYTES
 from gateway.bridge import GatewaySettings, GatewayWorker
 from stack.connection import connection_settings, require
+from stack.health import STALE_AFTER_S, Health, HealthReporter
 
 SETTINGS = ("MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP")  # what it reads
 
@@ -48,17 +57,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kafka-topic", default="iot")
     parser.add_argument("--dead-letter-topic", default="iot.dlq")
     parser.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between metrics lines")
-    parser.add_argument("--ready-file", type=Path, help="created once every worker has subscribed")
+    parser.add_argument("--max-payload-bytes", type=int, default=MAX_PAYLOAD_BYTES,
+                        help=f"larger payloads are dead-lettered (default {MAX_PAYLOAD_BYTES:,})")
+    parser.add_argument("--max-nesting", type=int, default=MAX_NESTING,
+                        help=f"payloads nested deeper are dead-lettered (default {MAX_NESTING})")
+    parser.add_argument("--health-file", type=Path, help="where to write the gateway's state every 2 s")
     return parser
 
 
-def run_worker(settings: GatewaySettings, index: int, ready) -> None:
+def run_worker(settings: GatewaySettings, index: int, ready, reports) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     worker = GatewayWorker(settings, index, on_ready=lambda: ready.release())
-    worker.run(stop)
+    worker.run(stop, report=lambda health: reports.put((index, health)))
     sys.exit(1 if worker.failed else 0)
+
+
+class WorkerReports:
+    """The latest health report of each worker, combined into the gateway's."""
+
+    def __init__(self, reports, workers: int):
+        self.reports = reports
+        self.latest: dict[int, tuple[float, Health]] = {}
+        self.workers = workers
+
+    def collect(self) -> None:
+        while True:
+            try:
+                index, health = self.reports.get_nowait()
+            except queue.Empty:
+                return
+            self.latest[index] = (time.monotonic(), health)
+
+    def combined(self) -> Health:
+        self.collect()
+        now = time.monotonic()
+        counters: dict[str, float] = {}
+        problems, waiting_on, starting = [], [], False
+        for index in range(self.workers):
+            seen, health = self.latest.get(index, (None, None))
+            if health is None:
+                starting = True
+                continue
+            for name, value in health.counters.items():
+                counters[name] = counters.get(name, 0) + value
+            if now - seen > STALE_AFTER_S:
+                problems.append(f"worker {index} has not reported for {now - seen:.0f} s")
+            elif health.state == "starting":
+                starting = True
+            elif health.state != "up":
+                problems.append(f"worker {index}: {health.detail}")
+                waiting_on += [health.waiting_on] if health.waiting_on else []
+        if problems:
+            return Health("degraded", "; ".join(problems), ",".join(sorted(set(waiting_on))) or None,
+                          counters=counters)
+        if starting:
+            return Health("starting", "connecting and subscribing", counters=counters)
+        return Health("up", f"{self.workers} worker(s) bridging MQTT to Kafka", counters=counters)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     host, port, username, password, bootstrap = require(connection_settings(), *SETTINGS)
     settings = GatewaySettings(host, int(port), username, password, bootstrap, args.gateway_id,
                                args.topic_filter, args.share_group, args.kafka_topic, args.dead_letter_topic,
-                               args.metrics_interval, args.workers)
+                               args.metrics_interval, args.workers, max_payload_bytes=args.max_payload_bytes,
+                               max_nesting=args.max_nesting)
     context = mp.get_context("fork")
-    ready = context.Semaphore(0)
-    workers = [context.Process(target=run_worker, args=(settings, i, ready), name=f"gateway-{i}")
+    ready, reports = context.Semaphore(0), context.Queue()
+    workers = [context.Process(target=run_worker, args=(settings, i, ready, reports), name=f"gateway-{i}")
                for i in range(args.workers)]
+    health = HealthReporter(args.health_file, WorkerReports(reports, args.workers).combined).start()
     for worker in workers:
         worker.start()
     stopping = threading.Event()
@@ -89,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     subscribed = 0
     while subscribed < args.workers and all(w.is_alive() for w in workers):
         subscribed += ready.acquire(timeout=0.5)
-    if subscribed == args.workers and args.ready_file:
-        args.ready_file.write_text(f"{os.getpid()}\n")
     logging.getLogger("gateway").info("%d worker(s) subscribed to %s", subscribed, args.topic_filter)
     try:
         # One worker failing stops the gateway: its unacknowledged messages go back to the broker's queue.
@@ -101,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_workers()
         for worker in workers:
             worker.join(timeout=90)
-        if args.ready_file:
-            args.ready_file.unlink(missing_ok=True)
+        health.stop()
     return 0 if all(w.exitcode == 0 for w in workers) and stopping.is_set() else 1
 
 

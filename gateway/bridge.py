@@ -1,27 +1,68 @@
-"""One gateway worker: MQTT (persistent session, shared subscription, manual acks) -> Kafka.
+"""One gateway worker: MQTT (persistent session, manual acks) -> Kafka, built so that no message can stop it.
 
-A message is acknowledged to the MQTT broker only after Kafka has acknowledged the record made from it, so a
-crash anywhere in between leaves it with the broker, which delivers it again: at least once, never lost.
+- A message is acknowledged to the MQTT broker only after Kafka has acknowledged the record made from it, so a
+  crash anywhere in between leaves it with the broker, which delivers it again: at least once, never lost.
+- Every payload becomes a record: a reading for `iot`, or a dead letter for `iot.dlq` with the reason
+  (`contract.parse_reading` is total). Nothing raises out of paho's callbacks: its network thread never dies.
+- paho's network thread only checks and hands records over; a sender thread talks to Kafka. While Kafka is away
+  the sender waits (kafka-python keeps retrying: no delivery timeout), nothing is acknowledged, and the broker
+  stops sending once `receive_maximum` messages are unacknowledged: the backlog waits in Mosquitto's queue for
+  our session. When Kafka is back, everything resumes by itself.
+- Health (`health()`): up only while connected, Kafka taking records, and messages (or our own ping, published
+  to ourselves through the broker every few seconds) flowing; otherwise degraded, naming what it waits on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import paho.mqtt.client as mqtt
 from kafka import KafkaProducer
+from kafka.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from contract import GATEWAY_ID_FIELD, ID_FIELD, RECEIVED_TS_FIELD, InvalidReading, parse_reading
+from contract import (
+    GATEWAY_ID_FIELD,
+    ID_FIELD,
+    MAX_NESTING,
+    MAX_PAYLOAD_BYTES,
+    RECEIVED_TS_FIELD,
+    InvalidReading,
+    clip,
+    parse_reading,
+)
+from stack.health import Health
+from stack.probes import port_open
+from stack.retry import Backoff
 
 log = logging.getLogger("gateway")
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our subscription and queued messages this long while we are away
+# kafka-python gives up on a record after delivery_timeout_ms (120 s by default) and the worker would have to
+# fail. We wait out any outage instead: the records stay buffered (at most receive_maximum of them) and are
+# retried until Kafka takes them. 2**31-1 ms is about 24.8 days, longer than the MQTT session lives.
+DELIVERY_TIMEOUT_MS = 2**31 - 1
+# How long send() may block for metadata or buffer space before the sender says it waits on Kafka and retries.
+MAX_BLOCK_MS = 5_000
+# Errors that are about the record itself: retrying cannot help, so it becomes a dead letter instead.
+RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, CorruptRecordError, InvalidRecordError)
+KAFKA_WAIT_S = 10.0  # a record unacknowledged by Kafka this long: the worker is waiting on Kafka
+PING_INTERVAL_S = 5.0
+STALL_S = 30.0  # no progress and no ping back for this long: degraded; for STALL_FAIL_S: the worker exits
+STALL_FAIL_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -42,10 +83,30 @@ class GatewaySettings:
     # acknowledge only after Kafka did, so at most this many records wait for Kafka. The rest waits in the
     # broker's queue for our session (up to its max_queued_messages).
     receive_maximum: int = 1000
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    max_nesting: int = MAX_NESTING
+    # A dead letter keeps the original payload up to this size (Kafka refuses records over 1 MiB by default);
+    # its `payload_bytes` header gives the full size.
+    dead_letter_max_bytes: int = 512 * 1024
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A record on its way to Kafka, and the MQTT message to acknowledge once Kafka has it."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None
+    outcome: str  # the counter it adds to: "produced" or "dead_lettered"
+    mid: int
+    qos: int
+    connection: int  # which MQTT connection delivered it: an ack is only valid on that one
+    not_before: float = 0.0  # monotonic time before which it must not be resent
 
 
 class Counters:
-    """What a worker has done, for the metrics line."""
+    """What a worker has done, for the metrics line and the health report."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -54,6 +115,9 @@ class Counters:
     def add(self, name: str) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"received": self.received, "produced": self.produced, "dead_lettered": self.dead_lettered}
 
     def line(self, since: tuple[int, float] | None = None) -> tuple[str, tuple[int, float]]:
         now = time.monotonic()
@@ -64,15 +128,31 @@ class Counters:
         return text, (done, now)
 
 
+def _header(text: str) -> bytes:
+    return text.encode("utf-8", "backslashreplace")
+
+
 class GatewayWorker:
-    def __init__(self, settings: GatewaySettings, index: int, on_ready=lambda: None):
+    def __init__(self, settings: GatewaySettings, index: int, on_ready: Callable[[], None] = lambda: None):
         self.settings = settings
         self.client_id = f"{settings.gateway_id}-{index}"
+        self.ping_topic = f"gateway-health/{self.client_id}"
         self.counters = Counters()
         self.on_ready = on_ready
         self.failed: str | None = None
-        self._connected: bool | None = None
+        self.outbox: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._connection = 0  # incremented on every CONNACK
+        self._connected = False
+        self._mqtt_problem = "connecting"
+        self._subscribed = False
+        self._pending: dict[int, float] = {}  # id(record) -> when it was handed to Kafka
+        self._pending_lock = threading.Lock()
+        self._kafka_problem: tuple[float, str] | None = None  # since when, and why, the sender waits
+        self._kafka_unreachable: str | None = None  # set by the idle check of the bootstrap servers
+        self._last_progress = time.monotonic()
+        self._ping_sent: float | None = None
+        self._last_pong = time.monotonic()
         self.producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             client_id=self.client_id,
@@ -81,10 +161,12 @@ class GatewayWorker:
             linger_ms=5,
             batch_size=256 * 1024,
             compression_type="lz4",
-            max_block_ms=300_000,
+            max_block_ms=MAX_BLOCK_MS,
+            delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
             reconnect_backoff_max_ms=10_000,
         )
         self.mqtt = self._mqtt_client()
+        self._sender = threading.Thread(target=self._send_loop, name=f"{self.client_id}-sender", daemon=True)
 
     def _mqtt_client(self) -> mqtt.Client:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -97,72 +179,224 @@ class GatewayWorker:
         client.on_message = self._on_message
         return client
 
-    # -- MQTT callbacks (paho's network thread) --
+    # -- MQTT callbacks (paho's network thread): none of them may raise --
 
     def _on_connect(self, client, _userdata, _flags, reason, _properties) -> None:
         if reason.is_failure:
-            self._state_change(False, f"MQTT broker refused the connection: {reason}")
+            self._mqtt_state(False, f"MQTT broker refused the connection: {reason}")
             return
-        self._state_change(True, f"connected to MQTT {self.settings.mqtt_host}:{self.settings.mqtt_port}")
+        self._connection += 1
+        self._ping_sent = None  # a ping in flight on the old connection may never come back
+        self._mqtt_state(True, f"connected to MQTT {self.settings.mqtt_host}:{self.settings.mqtt_port}")
         # One worker holds a plain subscription: Mosquitto queues for it while it is away. Several share one
         # subscription. The session keeps whichever it had before, so the other form is dropped first (else a
-        # change of worker count would deliver everything twice).
+        # change of worker count would deliver everything twice). Retained messages are sent only when the
+        # subscription is new, not again on every reconnect (a retained poison message would return each time).
         plain = self.settings.topic_filter
         shared = f"$share/{self.settings.share_group}/{plain}"
         wanted, other = (plain, shared) if self.settings.workers == 1 else (shared, plain)
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
         client.unsubscribe(other)
-        client.subscribe(wanted, options=SubscribeOptions(qos=1))
+        client.subscribe([(wanted, options), (self.ping_topic, SubscribeOptions(qos=1))])
 
     def _on_disconnect(self, _client, _userdata, _flags, reason, _properties) -> None:
-        self._state_change(False, f"disconnected from MQTT ({reason}); reconnecting with backoff")
+        self._mqtt_state(False, f"disconnected from MQTT ({reason}); reconnecting with backoff")
 
-    def _state_change(self, connected: bool, message: str) -> None:
+    def _mqtt_state(self, connected: bool, message: str) -> None:
         if self._connected is not connected:  # log each change once, not every retry
             (log.info if connected else log.warning)("%s: %s", self.client_id, message)
-            self._connected = connected
+        self._connected = connected
+        self._mqtt_problem = "" if connected else message
 
     def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
         if any(code.is_failure for code in reason_codes):
             self._fail(f"subscription refused: {reason_codes}")
-        else:
+        elif not self._subscribed:
+            self._subscribed = True
             self.on_ready()
 
-    def _on_message(self, client, _userdata, message: mqtt.MQTTMessage) -> None:
-        self.counters.add("received")
-        received_ts = time.time_ns() // 1000
-        mid, qos = message.mid, message.qos
+    def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
         try:
-            reading = parse_reading(message.payload)
-        except InvalidReading as exc:
-            future = self.producer.send(
-                self.settings.dead_letter_topic, key=message.topic.encode(), value=message.payload,
-                headers=[("reason", str(exc).encode()), ("field", (exc.field or "").encode()),
-                         ("mqtt_topic", message.topic.encode()),
-                         ("gateway_id", self.settings.gateway_id.encode()),
-                         ("received_ts", str(received_ts).encode())])
-            outcome = "dead_lettered"
-        else:
-            reading[GATEWAY_ID_FIELD] = self.settings.gateway_id
-            reading[RECEIVED_TS_FIELD] = received_ts
-            future = self.producer.send(self.settings.kafka_topic, key=str(reading[ID_FIELD]).encode(),
-                                        value=json.dumps(reading).encode())
-            outcome = "produced"
-        future.add_callback(lambda _meta: self._acknowledge(client, mid, qos, outcome))
-        future.add_errback(lambda exc: self._fail(f"Kafka did not take a record: {exc!r}"))
+            if message.topic == self.ping_topic:
+                self._on_pong(message)
+                return
+            self.counters.add("received")
+            self.outbox.put(self._route(message))
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill paho's thread; keep the message instead
+            log.exception("%s: unexpected error on a message; dead-lettering it", self.client_id)
+            try:
+                self.outbox.put(self._dead_letter(message, None, f"gateway error: {clip(repr(exc), 300)}"))
+            except Exception:  # noqa: BLE001 - not even that: leave it unacknowledged, the broker keeps it
+                self._fail("cannot route a message; restarting so that the broker delivers it again")
 
-    def _acknowledge(self, client: mqtt.Client, mid: int, qos: int, outcome: str) -> None:
-        self.counters.add(outcome)
-        if qos:
-            client.ack(mid, qos)
+    def _route(self, message: mqtt.MQTTMessage) -> Outgoing:
+        """The record a message becomes: a reading for Kafka `iot`, or a dead letter with the reason."""
+        received_ts = time.time_ns() // 1000
+        try:
+            reading = parse_reading(message.payload, self.settings.max_payload_bytes, self.settings.max_nesting)
+        except InvalidReading as exc:
+            return self._dead_letter(message, exc.field, str(exc), received_ts)
+        reading[GATEWAY_ID_FIELD] = self.settings.gateway_id
+        reading[RECEIVED_TS_FIELD] = received_ts
+        return Outgoing(self.settings.kafka_topic, str(reading[ID_FIELD]).encode(), json.dumps(reading).encode(),
+                        None, "produced", message.mid, message.qos, self._connection)
+
+    def _dead_letter(self, message: mqtt.MQTTMessage, field: str | None, reason: str,
+                     received_ts: int | None = None) -> Outgoing:
+        topic = message._topic.decode("utf-8", "backslashreplace")  # never raises, unlike message.topic
+        payload = bytes(message.payload or b"")
+        headers = [("reason", _header(reason)), ("field", _header(field or "")), ("mqtt_topic", _header(topic)),
+                   ("gateway_id", _header(self.settings.gateway_id)),
+                   ("received_ts", str(received_ts or time.time_ns() // 1000).encode()),
+                   ("payload_bytes", str(len(payload)).encode())]
+        return Outgoing(self.settings.dead_letter_topic, _header(topic),
+                        payload[: self.settings.dead_letter_max_bytes], headers, "dead_lettered",
+                        message.mid, message.qos, self._connection)
+
+    def _on_pong(self, message: mqtt.MQTTMessage) -> None:
+        self._ping_sent = None
+        self._last_pong = time.monotonic()
+        if message.qos:
+            self.mqtt.ack(message.mid, message.qos)
+
+    # -- the sender thread: Kafka --
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                record = self.outbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._send(record)
+            except Exception as exc:  # noqa: BLE001 - the sender must outlive any single record
+                log.exception("%s: unexpected error sending a record", self.client_id)
+                self._fail(f"sender failed: {exc!r}")
+
+    def _send(self, record: Outgoing) -> None:
+        """Hand one record to the producer, waiting out Kafka's absence; never drop it."""
+        backoff = Backoff(0.5, 10.0)
+        while not self._stop.is_set():
+            delay = record.not_before - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            try:
+                future = self.producer.send(record.topic, key=record.key, value=record.value, headers=record.headers)
+            except KafkaTimeoutError as exc:  # no metadata or no buffer space within MAX_BLOCK_MS: Kafka is away
+                self._kafka_waits(f"cannot hand records to Kafka: {exc}")
+                self._stop.wait(backoff.next_delay())
+                continue
+            except RECORD_ERRORS as exc:
+                record = self._shrunk_dead_letter(record, exc)
+                continue
+            with self._pending_lock:
+                self._pending[id(record)] = time.monotonic()
+            future.add_callback(lambda _meta, r=record: self._delivered(r))
+            future.add_errback(lambda exc, r=record: self._not_delivered(r, exc))
+            return
+
+    def _shrunk_dead_letter(self, record: Outgoing, exc: Exception) -> Outgoing:
+        """A record Kafka refuses as such: a reading becomes a dead letter; a dead letter keeps less of its value."""
+        reason = f"Kafka refused the record: {type(exc).__name__}: {clip(str(exc), 200)}"
+        if record.outcome == "produced":
+            headers = [("reason", _header(reason)), ("field", b""), ("gateway_id", _header(self.settings.gateway_id)),
+                       ("payload_bytes", str(len(record.value)).encode())]
+            return replace(record, topic=self.settings.dead_letter_topic, headers=headers, outcome="dead_lettered",
+                           value=record.value[: self.settings.dead_letter_max_bytes])
+        log.warning("%s: %s; keeping %d of %d bytes of the dead letter", self.client_id, reason,
+                    len(record.value) // 2, len(record.value))
+        return replace(record, value=record.value[: len(record.value) // 2])
+
+    def _delivered(self, record: Outgoing) -> None:
+        with self._pending_lock:
+            self._pending.pop(id(record), None)
+        self._kafka_problem = None
+        self._last_progress = time.monotonic()
+        self.counters.add(record.outcome)
+        # An ack is only meaningful on the connection that delivered the message: after a reconnect the broker
+        # delivers it again (same session), and that delivery is acknowledged instead.
+        if record.qos and record.connection == self._connection and self._connected:
+            self.mqtt.ack(record.mid, record.qos)
+
+    def _not_delivered(self, record: Outgoing, exc: Exception) -> None:
+        with self._pending_lock:
+            self._pending.pop(id(record), None)
+        if isinstance(exc, RECORD_ERRORS):
+            self.outbox.put(self._shrunk_dead_letter(record, exc))
+            return
+        # Not about the record (authorisation, a deleted topic, ...): keep it, retry later, say what we wait for.
+        self._kafka_waits(f"Kafka did not take a record: {type(exc).__name__}: {clip(str(exc), 200)}")
+        self.outbox.put(replace(record, not_before=time.monotonic() + 5.0))
+
+    def _kafka_waits(self, problem: str) -> None:
+        if self._kafka_problem is None:
+            log.warning("%s: %s; waiting for Kafka (nothing is acknowledged meanwhile)", self.client_id, problem)
+            self._kafka_problem = (time.monotonic(), problem)
 
     def _fail(self, reason: str) -> None:
         log.error("%s: %s; stopping so that unacknowledged messages are delivered again", self.client_id, reason)
         self.failed = reason
         self._stop.set()
 
+    # -- health --
+
+    def health(self) -> Health:
+        """Up only while connected, Kafka taking records, and messages or our ping flowing."""
+        now = time.monotonic()
+        counters = self.counters.as_dict()
+        if not self._mqtt_thread_alive():
+            return Health("degraded", "the MQTT network thread is not running", "mqtt", counters=counters)
+        if not self._subscribed:
+            return Health("starting", self._mqtt_problem or "subscribing", counters=counters)
+        if not self._connected:
+            return Health("degraded", self._mqtt_problem, "mqtt", counters=counters)
+        kafka_problem = self._waiting_on_kafka(now)
+        if kafka_problem:
+            return Health("degraded", kafka_problem, "kafka", counters=counters)
+        stalled = self._stalled_for(now)
+        if stalled > STALL_S:
+            return Health("degraded", f"no message processed and no ping back through MQTT for {stalled:.0f} s",
+                          counters=counters)
+        return Health("up", "bridging MQTT to Kafka", counters=counters)
+
+    def _waiting_on_kafka(self, now: float) -> str | None:
+        """Why the worker waits on Kafka, or None if it does not."""
+        with self._pending_lock:
+            oldest = min(self._pending.values(), default=now)
+        if self._kafka_problem or now - oldest > KAFKA_WAIT_S:
+            since, problem = self._kafka_problem or (oldest, "Kafka has not acknowledged records")
+            return f"{problem} (for {now - since:.0f} s)"
+        return self._kafka_unreachable
+
+    def _check_kafka_when_idle(self, now: float) -> None:
+        """With nothing delivered lately, make sure Kafka still listens: an idle gateway must not claim `up`."""
+        if now - self._last_progress < PING_INTERVAL_S:
+            self._kafka_unreachable = None
+            return
+        servers = [s.strip() for s in self.settings.kafka_bootstrap.split(",") if s.strip()]
+        if any(port_open(*server.rsplit(":", 1), timeout_s=2.0) for server in servers):
+            self._kafka_unreachable = None
+        else:
+            self._kafka_unreachable = f"no Kafka bootstrap server answers at {self.settings.kafka_bootstrap}"
+
+    def _stalled_for(self, now: float) -> float:
+        """Seconds without progress while a ping is outstanding (0 when things flow)."""
+        if self._ping_sent is None:
+            return 0.0
+        return now - max(self._ping_sent, self._last_progress)
+
+    def _mqtt_thread_alive(self) -> bool:
+        thread = self.mqtt._thread  # paho has no public accessor for the thread loop_start() runs
+        return thread is not None and thread.is_alive()
+
+    def _ping(self) -> None:
+        if self._connected and self._subscribed and self._ping_sent is None:
+            self._ping_sent = time.monotonic()
+            self.mqtt.publish(self.ping_topic, str(time.time()).encode(), qos=1)
+
     # -- lifecycle --
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, report: Callable[[Health], None] = lambda _h: None) -> None:
         """Run until `stop` is set (or a fatal error); flush Kafka, then acknowledge, then disconnect."""
         self._stop = stop
         properties = Properties(PacketTypes.CONNECT)
@@ -170,15 +404,34 @@ class GatewayWorker:
         properties.ReceiveMaximum = self.settings.receive_maximum
         self.mqtt.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30,
                                 clean_start=False, properties=properties)
+        self._sender.start()
         self.mqtt.loop_start()
-        since = None
+        since, next_metrics, next_ping = None, time.monotonic() + self.settings.metrics_interval_s, 0.0
         try:
-            while not stop.wait(self.settings.metrics_interval_s):
-                text, since = self.counters.line(since)
-                log.info("%s: %s", self.client_id, text)
+            while not stop.wait(1.0):
+                now = time.monotonic()
+                if now >= next_ping:
+                    self._ping()
+                    self._check_kafka_when_idle(now)
+                    next_ping = now + PING_INTERVAL_S
+                report(self.health())
+                if now >= next_metrics:
+                    text, since = self.counters.line(since)
+                    log.info("%s: %s", self.client_id, text)
+                    next_metrics = now + self.settings.metrics_interval_s
+                self._check_liveness(now)
         finally:
             self.producer.flush(timeout=60)  # every record acknowledged by Kafka is acknowledged over MQTT ...
             self.mqtt.disconnect()  # ... before the DISCONNECT, which paho sends after them
             self.mqtt.loop_stop()
             self.producer.close(timeout=10)
             log.info("%s: stopped: %s", self.client_id, self.counters.line()[0])
+
+    def _check_liveness(self, now: float) -> None:
+        """Exit (the supervisor restarts us, the broker re-delivers) if a thread died or nothing moves for long."""
+        if not self._sender.is_alive():
+            self._fail("the Kafka sender thread is not running")
+        elif not self._mqtt_thread_alive():
+            self._fail("the MQTT network thread is not running")
+        elif self._connected and not self._waiting_on_kafka(now) and self._stalled_for(now) > STALL_FAIL_S:
+            self._fail(f"no progress for {self._stalled_for(now):.0f} s with MQTT and Kafka reachable")

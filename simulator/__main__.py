@@ -11,7 +11,7 @@ Options given on the command line override the file's `misc` settings.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -35,17 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault-share", type=float, help="share of malformed messages, 0..1")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--quiet", action="store_true", help="no per-message output and no live counter")
+    parser.add_argument("--run-record", type=Path, metavar="FILE",
+                        help="write what was published (counts, sensor ids, time span) as JSON, for "
+                             "`python -m stack audit --run FILE`")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    overrides = {name: getattr(args, name) for name in
+                 ("messages", "duration_s", "interval_ms", "publishers", "fault_share", "seed")
+                 if getattr(args, name) is not None} | ({"verbose": False} if args.quiet else {})
     try:
-        cfg = load_simulator_config(args.config)
-        overrides = {name: getattr(args, name) for name in
-                     ("messages", "duration_s", "interval_ms", "publishers", "fault_share", "seed")
-                     if getattr(args, name) is not None}
-        cfg = dataclasses.replace(cfg, **overrides, **({"verbose": False} if args.quiet else {}))
+        cfg = load_simulator_config(args.config, overrides)
     except ConfigError as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'as fast as possible' if not cfg.interval_ms else f'every {cfg.interval_ms:g} ms'}", file=sys.stderr)
     summary = run(cfg, progress=not args.quiet)
     print(summary.line())
+    if args.run_record:
+        args.run_record.write_text(json.dumps(summary.record(cfg)))
     return 0
 
 

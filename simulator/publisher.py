@@ -26,6 +26,14 @@ class Summary:
     published: int = 0  # acknowledged by the broker (QoS 1/2) or handed to the socket (QoS 0)
     elapsed_s: float = 0.0
     faults: Counter = field(default_factory=Counter)
+    started_us: int = 0  # wall clock: every reading's sensor_ts lies between these two
+    ended_us: int = 0
+
+    def record(self, cfg: SimulatorConfig) -> dict:
+        """What this run published, for `python -m stack audit --run FILE`."""
+        return {"published": self.published, "faults": dict(self.faults), "started_us": self.started_us,
+                "ended_us": self.ended_us, "first_sensor_id": cfg.first_sensor_id,
+                "last_sensor_id": cfg.first_sensor_id + cfg.machine_count - 1, "topic": cfg.topic}
 
     @property
     def rate(self) -> float:
@@ -119,7 +127,7 @@ def run(cfg: SimulatorConfig, progress: bool = True) -> Summary:
     faults = context.Array("q", len(FAULT_KINDS))
     stop = context.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    started = time.monotonic()
+    started, started_us = time.monotonic(), time.time_ns() // 1000
     workers = [context.Process(target=publish_share, args=(cfg, i, published, faults, stop), daemon=True)
                for i in range(cfg.publishers)]
     for worker in workers:
@@ -143,4 +151,5 @@ def run(cfg: SimulatorConfig, progress: bool = True) -> Summary:
     if failed:
         raise RuntimeError(f"{len(failed)} publisher process(es) failed (exit codes {failed}); see the errors above")
     return Summary(published.value, time.monotonic() - started,
-                   Counter({kind: faults[i] for i, kind in enumerate(FAULT_KINDS) if faults[i]}))
+                   Counter({kind: faults[i] for i, kind in enumerate(FAULT_KINDS) if faults[i]}),
+                   started_us, time.time_ns() // 1000)

@@ -8,12 +8,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from impala.error import Error as ImpylaError
+from thrift.Thrift import TException
 
-from sql.client import cursor
+from sql.client import SqlUnavailable, cursor
 from stack.connection import connection_settings
 
 
@@ -31,27 +33,42 @@ def format_table(columns: list[str], rows: list[tuple]) -> str:
     return "\n".join([lines[0], rule, *lines[1:], f"({len(rows)} row{'s' if len(rows) != 1 else ''})"])
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds > 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sql", description=__doc__.split("\n\n")[0])
     parser.add_argument("statement", nargs="?", help="one SQL statement")
     parser.add_argument("-f", "--file", type=Path, help="a .sql file of ;-separated statements")
+    parser.add_argument("--timeout-s", type=_seconds, default=60.0, metavar="S",
+                        help="give up when the endpoint does not answer for this long (default 60)")
     args = parser.parse_args(argv)
     if bool(args.statement) == bool(args.file):
         parser.error("give one statement, or -f FILE")
-    statements = split_statements(args.file.read_text()) if args.file else [args.statement.rstrip("; \n")]
-    settings = connection_settings()
     try:
-        with cursor(settings.get("SQL_HOST"), settings.get("SQL_PORT")) as cur:
+        statements = split_statements(args.file.read_text()) if args.file else [args.statement.rstrip("; \n")]
+        settings = connection_settings()
+    except (OSError, ValueError) as exc:  # an unreadable -f FILE, a bad STACK_* setting
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with cursor(settings.get("SQL_HOST"), settings.get("SQL_PORT"), args.timeout_s) as cur:
             for statement in statements:
                 cur.execute(statement)
                 if cur.description:
                     print(format_table([d[0] for d in cur.description], cur.fetchall()))
-    except ImpylaError as exc:
+    except (SqlUnavailable, ImpylaError) as exc:
         print(f"error: {str(exc).splitlines()[0][:500]}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"error: cannot reach SQL at {settings.get('SQL_HOST')}:{settings.get('SQL_PORT')}: {exc} "
-              f"(is the stack up? `make up`)", file=sys.stderr)
+    except (TException, OSError) as exc:  # the connection broke while a statement ran
+        print(f"error: the SQL session broke off: {exc}", file=sys.stderr)
         return 1
     return 0
 

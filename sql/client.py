@@ -3,24 +3,42 @@
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from impala.dbapi import connect as impyla_connect
 from impala.error import HiveServer2Error
+from impala.hiveserver2 import HiveServer2Connection, HiveServer2Cursor
+from thrift.Thrift import TException
+from thrift.transport.TTransport import TTransportException
 
 # The Spark Thrift Server turns on Java 8 time objects in every session, but the Kudu connector converts
 # TIMESTAMPs as java.sql.Timestamp: an INSERT would fail with a ClassCastException. Impala has no such
 # option and refuses the statement, which is then skipped.
 SPARK_SESSION_SETTINGS = ("SET spark.sql.datetime.java8API.enabled=false",)
+# Thrift logs each failed connection itself, with a traceback, to stderr when nothing else handles its log; the
+# SqlUnavailable raised below says it once. (Logging set up by an application still receives thrift's records.)
+logging.getLogger("thrift").addHandler(logging.NullHandler())
 
 
-@contextmanager
-def cursor(host: str | None = None, port: int | None = None, timeout_s: float = 60) -> Iterator:
-    """An impyla cursor (one SQL session) on SQL_HOST:SQL_PORT; arguments win over the environment."""
-    host = host or os.environ.get("SQL_HOST", "127.0.0.1")
-    port = int(port or os.environ.get("SQL_PORT", "10000"))
+class SqlUnavailable(ConnectionError):
+    """No SQL session could be opened: nothing listens there, or what listens does not speak HiveServer2."""
+
+
+def _cause(exc: BaseException, timeout_s: float) -> str:
+    """A few words on why opening failed (thrift's own message wraps the socket error, in `inner`)."""
+    if isinstance(exc, TTransportException) and exc.type == TTransportException.TIMED_OUT:
+        return f"no answer within {timeout_s:g} s"
+    inner = getattr(exc, "inner", None)
+    cause = inner if isinstance(inner, OSError) else exc
+    text = (cause.strerror if isinstance(cause, OSError) else None) or str(cause)
+    return text.splitlines()[0][:200] if text.strip() else type(cause).__name__
+
+
+def _session(host: str, port: int, timeout_s: float) -> tuple[HiveServer2Connection, HiveServer2Cursor]:
+    """An open impyla connection and a cursor on it, with SPARK_SESSION_SETTINGS made."""
     # The local endpoint has no authentication (it listens on loopback only) and takes PLAIN SASL with any
     # password; an Impala without authentication (Compose) wants NOSASL, one with LDAP PLAIN with SQL_USER and
     # SQL_PASSWORD, one with Kerberos GSSAPI (after kinit). SQL_USE_SSL=true for TLS.
@@ -37,6 +55,26 @@ def cursor(host: str | None = None, port: int | None = None, timeout_s: float = 
         for statement in SPARK_SESSION_SETTINGS:
             with suppress(HiveServer2Error):
                 cur.execute(statement)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, cur
+
+
+@contextmanager
+def cursor(host: str | None = None, port: int | None = None, timeout_s: float = 60) -> Iterator:
+    """An impyla cursor (one SQL session) on SQL_HOST:SQL_PORT; arguments win over the environment.
+
+    `timeout_s` bounds each network read. SqlUnavailable when no session can be opened.
+    """
+    host = host or os.environ.get("SQL_HOST", "127.0.0.1")
+    port = int(port or os.environ.get("SQL_PORT", "10000"))
+    try:
+        conn, cur = _session(host, port, timeout_s)
+    except (TException, OSError) as exc:
+        raise SqlUnavailable(f"cannot reach the SQL endpoint at {host}:{port} ({_cause(exc, timeout_s)}): "
+                             f"is the stack up? run `make up` or `make status`") from exc
+    try:
         yield cur
         cur.close()
     finally:

@@ -4,9 +4,13 @@ Usage:
     python -m stack install            # JVM parts from Maven Central, Spark connectors, secrets (idempotent)
     python -m stack up [SERVICE ...]   # start and wait until ready; prints the status table
     python -m stack down [SERVICE ...] # stop; leaves no process behind
-    python -m stack status             # service, address, state, pid, memory, log file
+    python -m stack status [--json]    # service, address, state (up, starting, degraded, crashed, crash-looping,
+                                       # down), pid, memory, restarts, log file, what is wrong
     python -m stack env                # print the path of connection.env (source it in a shell)
     python -m stack demo               # simulator on, and a live SQL view of what arrives (after `up`)
+    python -m stack supervise          # the supervisor `up` starts: restarts what exits (see stack/supervisor.py)
+    python -m stack audit --run FILE   # reconcile a simulator run stage by stage (or --since 10m); exit 1 if
+                                       # a difference is unexplained
 
 Settings: stack/stack.toml, each overridable by a STACK_<KEY> environment variable.
 """
@@ -14,11 +18,16 @@ Settings: stack/stack.toml, each overridable by a STACK_<KEY> environment variab
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
+from stack.audit import Scope, audit, checkpoint_of, format_audit, parse_since, scope_of_run
+from stack.audit import __doc__ as audit_doc
 from stack.config import load_config
+from stack.connection import connection_settings
 from stack.install import install
-from stack.launcher import Stack, format_status
+from stack.launcher import Stack, format_status, status_json
 from stack.probes import NotReady
 from stack.services import SERVICE_NAMES
 
@@ -35,20 +44,60 @@ def build_parser() -> argparse.ArgumentParser:
                              help="something an earlier setup step installed, for the summary line")
     install_cmd.add_argument("--started-at", type=float, metavar="EPOCH_S",
                              help="when setup started (seconds since the epoch), for the summary line")
-    for name, text in (("up", "start services and wait until each is ready (harmless if up)"),
+    for name, text in (("up", "start services, wait until each is ready, and supervise them (harmless if up)"),
                        ("down", "stop services; no process of the stack is left"),
-                       ("status", "show each service's address, state, pid, memory and log file")):
+                       ("status", "show each service's address, state, pid, memory, restarts, log file and, "
+                                  "unless it is up, what is wrong; exit code 3 unless all are up")):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("services", nargs="*", metavar="SERVICE",
                          help=f"any of: {', '.join(SERVICE_NAMES)} (default: all)")
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     commands.add_parser("env", help="print the path of the connection file (source it to use the stack)")
     commands.add_parser("demo", help="run the simulator and watch SQL see readings arrive (needs `up`)")
+    supervise = commands.add_parser("supervise", help="restart the services `up` started when they exit or wedge "
+                                    "(`up` starts it; you do not need to)")
+    supervise.add_argument("--health-file", help="where to write the supervisor's own state")
+    audit = commands.add_parser("audit", help="reconcile what each stage saw of some readings; exit 1 if a "
+                                "difference is unexplained", description=audit_doc.split("\n\n")[0])
+    which = audit.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", type=Path, metavar="FILE", help="a simulator run's record (--run-record FILE)")
+    which.add_argument("--since", metavar="WHEN", help="readings with sensor_ts from WHEN: 10m or 2h ago, an ISO time "
+                       "(UTC unless it says), or epoch seconds")
+    audit.add_argument("--sensor-ids", metavar="FIRST-LAST", help="only these machines (with --since)")
+    audit.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="count again until nothing is pending or unexplained, for up to this long")
+    audit.add_argument("--json", action="store_true", help="the result as JSON, for scripts")
     return parser
+
+
+def audit_scope(args: argparse.Namespace) -> Scope:
+    if args.run:
+        return scope_of_run(args.run)
+    first = last = None
+    if args.sensor_ids:
+        first_text, _, last_text = args.sensor_ids.partition("-")
+        first, last = int(first_text), int(last_text or first_text)
+    return Scope(parse_since(args.since), first_id=first, last_id=last)
+
+
+def run_audit(args: argparse.Namespace, cfg) -> int:
+    result = audit(connection_settings(), checkpoint_of(cfg), audit_scope(args), args.wait)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else format_audit(result))
+    return 0 if result.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = load_config()
+    if args.command == "supervise":
+        from stack.supervisor import main as supervise
+
+        return supervise(["--health-file", args.health_file] if args.health_file else [])
+    try:
+        cfg = load_config()
+    except ValueError as exc:  # a setting out of range, an unknown STACK_* variable: the message says which
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stack = Stack(cfg)
     try:
         if args.command == "install":
@@ -62,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             print(format_status(stack.status(args.services)))
         elif args.command == "status":
             rows = stack.status(args.services)
-            print(format_status(rows))
+            print(status_json(rows) if args.json else format_status(rows))
             return 0 if all(r.state == "up" for r in rows) else 3
         elif args.command == "env":
             print(stack.write_connection_file())
+        elif args.command == "audit":
+            return run_audit(args, cfg)
         elif args.command == "demo":
             from stack.demo import run_demo
 

@@ -1,42 +1,105 @@
-"""Settings of the local stack: defaults from `stack/stack.toml`, overridden by `STACK_<KEY>` variables."""
+"""Settings of the local stack: defaults from `stack/stack.toml`, overridden by `STACK_<KEY>` variables.
+
+Each setting has a `Rule` (next to its field below) that says which values it may take; `load_config` refuses any
+other value, any unknown `STACK_*` variable and any unknown key of the file with a `ValueError` that says which
+setting, where its value came from, the value and what is allowed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
+import math
 import os
+import re
+import reprlib
 import tomllib
+import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = Path(__file__).resolve().parent / "stack.toml"
 JVM_POM = Path(__file__).resolve().parent / "jvm" / "pom.xml"
 ENV_PREFIX = "STACK_"
+# STACK_* variables that are not settings of this file but belong to another tool, so `load_config` lets them be:
+# Haskell's Stack build tool exports these. Any other STACK_* variable that is not a setting is refused as a likely
+# typo; add a name here when another tool needs one.
+OTHER_STACK_VARIABLES: frozenset[str] = frozenset({"STACK_ROOT", "STACK_YAML", "STACK_WORK"})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The values a setting may take: `ok` judges the typed value (for a path, its text as given)."""
+
+    allowed: str
+    ok: Callable[[Any], bool]
+
+
+def _is_host(text: str) -> bool:
+    """An IPv4/IPv6 address, or a hostname of letter/digit/hyphen labels joined by dots."""
+    if not (text.isascii() and text.isprintable()) or " " in text:
+        return False
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    if len(text) > 253 or re.fullmatch(r"[0-9.]+", text):  # all digits and dots, but not an IPv4 address
+        return False
+    return all(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", label) for label in text.split("."))
+
+
+def _is_plain_path(text: str) -> bool:
+    """Non-empty, no control character (a newline would end a line of a generated config file), no undecodable
+    byte (a surrogate escape, which no config file can be written with)."""
+    return bool(text) and not any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+
+
+def _setting(rule: Rule) -> Any:
+    return dataclasses.field(metadata={"rule": rule})
+
+
+PORT = Rule("an integer in 1..65535", lambda v: 1 <= v <= 65535)
+COUNT = Rule("an integer >= 1", lambda v: v >= 1)
+# Mosquitto reads 0 as "unlimited", hence at least 1. It keeps each queued message in memory (several hundred
+# bytes for a reading), so ten million, ten times the default, is already gigabytes on a small machine.
+QUEUED_MESSAGES = Rule("an integer in 1..10000000", lambda v: 1 <= v <= 10_000_000)
+# MQTT packet identifiers are 16 bits: no client can have more than 65535 QoS 1/2 messages in flight.
+INFLIGHT_MESSAGES = Rule("an integer in 1..65535", lambda v: 1 <= v <= 65535)
+SECONDS = Rule("a finite number of seconds > 0", lambda v: math.isfinite(v) and v > 0)
+MEMORY = Rule("a JVM memory size such as 512m or 1g (digits, optionally followed by k, m or g)",
+              lambda v: re.fullmatch(r"[1-9][0-9]*[kmgKMG]?", v) is not None)
+HOST = Rule("an IPv4/IPv6 address or a hostname (letters, digits, dots, hyphens)", _is_host)
+PATH = Rule("a non-empty path without control characters", _is_plain_path)
 
 
 @dataclass(frozen=True)
 class StackConfig:
     """Where the stack lives and which loopback ports it uses."""
 
-    install_dir: Path
-    dir: Path
-    host: str
-    mqtt_port: int
-    mqtt_max_queued_messages: int
-    mqtt_max_inflight_messages: int
-    kafka_port: int
-    kafka_controller_port: int
-    kafka_heap: str
-    kafka_iot_partitions: int
-    kudu_master_port: int
-    kudu_master_web_port: int
-    kudu_tserver_port: int
-    kudu_tserver_web_port: int
-    kudu_tserver_memory_mb: int
-    sql_port: int
-    sql_driver_memory: str
-    model_port: int
-    ready_timeout_s: float
+    install_dir: Path = _setting(PATH)
+    dir: Path = _setting(PATH)
+    host: str = _setting(HOST)
+    mqtt_port: int = _setting(PORT)
+    mqtt_max_queued_messages: int = _setting(QUEUED_MESSAGES)
+    mqtt_max_inflight_messages: int = _setting(INFLIGHT_MESSAGES)
+    kafka_port: int = _setting(PORT)
+    kafka_controller_port: int = _setting(PORT)
+    kafka_heap: str = _setting(MEMORY)
+    kafka_iot_partitions: int = _setting(COUNT)
+    kudu_master_port: int = _setting(PORT)
+    kudu_master_web_port: int = _setting(PORT)
+    kudu_tserver_port: int = _setting(PORT)
+    kudu_tserver_web_port: int = _setting(PORT)
+    kudu_tserver_memory_mb: int = _setting(COUNT)
+    sql_port: int = _setting(PORT)
+    sql_driver_memory: str = _setting(MEMORY)
+    model_port: int = _setting(PORT)
+    ready_timeout_s: float = _setting(SECONDS)
 
     @property
     def data_dir(self) -> Path:
@@ -94,34 +157,86 @@ class StackConfig:
         return f"{self.host}:{self.kafka_port}"
 
 
-def _coerce(field: dataclasses.Field, raw: object) -> object:
-    if field.type in ("Path", Path):
-        path = Path(str(raw)).expanduser()
-        return path if path.is_absolute() else REPO_ROOT / path
-    if field.type in ("int", int):
-        return int(raw)
-    if field.type in ("float", float):
-        return float(raw)
-    return str(raw)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = 80  # a value quoted in an error message
 
 
-def load_config(defaults_file: Path = DEFAULTS_FILE, environ: dict[str, str] | None = None) -> StackConfig:
-    """Read the defaults file, apply `STACK_<KEY>` overrides, and return typed settings."""
+def _typed(kind: str, raw: object) -> object:
+    """`raw` (an environment string, or a TOML value of the field's type) as the field's type; ValueError if not."""
+    toml_types = {"int": (int,), "float": (int, float)}.get(kind, ())
+    if isinstance(raw, bool) or not isinstance(raw, (str, *toml_types)):
+        raise ValueError(f"a TOML {type(raw).__name__} is not {kind}")
+    return {"int": int, "float": float}.get(kind, str)(raw)
+
+
+def _value(field: dataclasses.Field, raw: object, source: str) -> object:
+    """The checked value of one setting; a ValueError names the setting, its source, the value and what is allowed."""
+    rule: Rule = field.metadata["rule"]
+    where = f"setting {field.name!r} (from {source}) = {_SHOWN.repr(raw)}"
+    try:
+        value = _typed(field.type, raw)
+    except ValueError:
+        raise ValueError(f"{where}: must be {rule.allowed}") from None
+    if not rule.ok(value):
+        raise ValueError(f"{where}: must be {rule.allowed}")
+    if field.type != "Path":
+        return value
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~name of an unknown user
+        raise ValueError(f"{where}: cannot expand {value.split('/')[0]} (no such user)") from None
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _suggestion(key: str, keys: list[str], prefix: str = "") -> str:
+    """The nearest known key (compared without the shared prefix, which would make anything look close)."""
+    match = difflib.get_close_matches(key, keys, n=1)
+    if match:
+        return f"; did you mean {prefix}{match[0]}?"
+    return f"; the settings are {', '.join(prefix + k for k in keys)}"
+
+
+def _refuse_unknown(environ: Mapping[str, str], file_keys: list[str], names: list[str], defaults_file: Path) -> None:
+    """ValueError for each STACK_* variable and each key of the file that is not a setting (typos, mostly)."""
+    keys = [name.upper() for name in names]
+    problems = [f"{var} is not a setting{_suggestion(var[len(ENV_PREFIX):].upper(), keys, ENV_PREFIX)}"
+                for var in sorted(environ) if var.startswith(ENV_PREFIX)
+                and var[len(ENV_PREFIX):] not in keys and var not in OTHER_STACK_VARIABLES]
+    if problems:
+        problems.append("(if another tool needs such a variable, add it to OTHER_STACK_VARIABLES in stack/config.py)")
+    problems += [f"{defaults_file}: {key!r} is not a setting{_suggestion(key.lower(), names)}"
+                 for key in sorted(file_keys) if key not in names]
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def _refuse_shared_ports(values: dict[str, object], sources: dict[str, str]) -> None:
+    owners: dict[object, str] = {}
+    for field in dataclasses.fields(StackConfig):
+        if field.metadata["rule"] is PORT:
+            first = owners.setdefault(values[field.name], field.name)
+            if first != field.name:
+                raise ValueError(f"settings {first!r} (from {sources[first]}) and {field.name!r} (from "
+                                 f"{sources[field.name]}) are both port {values[first]}: each needs a port of its own")
+
+
+def load_config(defaults_file: Path = DEFAULTS_FILE, environ: Mapping[str, str] | None = None) -> StackConfig:
+    """Read the defaults file, apply `STACK_<KEY>` overrides, and return checked settings (else ValueError)."""
     environ = os.environ if environ is None else environ
     with defaults_file.open("rb") as fh:
-        values = tomllib.load(fh)
+        file_values = tomllib.load(fh)
     fields = {f.name: f for f in dataclasses.fields(StackConfig)}
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise ValueError(f"{defaults_file}: unknown setting(s) {sorted(unknown)}; known: {sorted(fields)}")
-    kwargs = {}
+    _refuse_unknown(environ, list(file_values), list(fields), defaults_file)
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
     for name, field in fields.items():
         env_name = ENV_PREFIX + name.upper()
-        raw = environ.get(env_name, values.get(name))
-        if raw is None:
+        if env_name in environ:
+            raw, sources[name] = environ[env_name], env_name
+        elif name in file_values:
+            raw, sources[name] = file_values[name], str(defaults_file)
+        else:
             raise ValueError(f"{defaults_file}: setting {name!r} is missing (or set {env_name})")
-        try:
-            kwargs[name] = _coerce(field, raw)
-        except ValueError as exc:
-            raise ValueError(f"setting {name!r} (from {env_name} or {defaults_file}) = {raw!r}: {exc}") from exc
-    return StackConfig(**kwargs)
+        values[name] = _value(field, raw, sources[name])
+    _refuse_shared_ports(values, sources)
+    return StackConfig(**values)

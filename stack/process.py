@@ -123,12 +123,19 @@ def stop_group(record: PidRecord, grace_s: float = 30.0) -> bool:
         if not group_members(record.pid):
             return False
         time.sleep(0.2)
-    _signal_group(record.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while group_members(record.pid) and time.monotonic() < deadline:
-        _reap(record.pid)
-        time.sleep(0.1)
+    kill_group(record.pid)
     return True
+
+
+def kill_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """SIGKILL a process group and wait (up to `timeout_s`) until none of it is left."""
+    if pgid <= 1:
+        raise ValueError(f"refusing to signal process group {pgid}")
+    _signal_group(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while group_members(pgid) and time.monotonic() < deadline:
+        _reap(pgid)
+        time.sleep(0.1)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -17,12 +17,10 @@ from pathlib import Path
 from stack import probes
 from stack.config import StackConfig
 from stack.connection import local_stack_settings
-from stack.kudu_table import ensure_table, kudu_environment, load_sensors_spec, register_in_sql
+from stack.health import Health, read_health
+from stack.kudu_table import ensure_table, kudu_cli, kudu_environment, load_sensors_spec, register_in_sql
+from stack.names import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
 from stack.spark import spark_environment, spark_submit_command
-
-IOT_TOPIC = "iot"
-DEAD_LETTER_TOPIC = "iot.dlq"
-SQL_TABLE = "sensors"
 
 
 class Service:
@@ -54,6 +52,27 @@ class Service:
     @property
     def pid_file(self) -> Path:
         return self.cfg.pids_dir / f"{self.name}.pid"
+
+    @property
+    def wanted_file(self) -> Path:
+        """Present while the service should run: `up` creates it, `down` removes it, the supervisor obeys it."""
+        return self.cfg.pids_dir / f"{self.name}.wanted"
+
+    @property
+    def health_file(self) -> Path | None:
+        """Where the process reports its own state (stack/health.py); None for services probed from outside."""
+        return None
+
+    def health(self) -> Health | None:
+        """The process's own report, if written since this start (newer than the pid file), as it stands now."""
+        if self.health_file is None:
+            return None
+        report = read_health(self.health_file)
+        try:
+            started = self.pid_file.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return report.effective() if report and report.updated >= started else None
 
     def prepare(self, secrets: dict[str, str]) -> None:
         """Write configuration and initialise storage before the first start (idempotent)."""
@@ -287,8 +306,6 @@ class KuduTabletServer(_KuduDaemon):
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
         """Healthy, and registered with the master (a table can only be created after that)."""
-        from stack.kudu_table import kudu_cli
-
         if not super().is_ready(secrets):
             return False
         listing = kudu_cli(self.cfg.kudu_home, "tserver", "list", self.cfg.kudu_master_address, timeout_s=10)
@@ -380,7 +397,7 @@ class ModelServer(Service):
 
 
 class _PipelineClient(Service):
-    """A pipeline process that listens nowhere and says it is ready by touching a ready file."""
+    """A pipeline process that listens nowhere and reports its own state in a health file."""
 
     needs_others_ready = True  # it connects to the brokers and servers started before it
 
@@ -389,21 +406,19 @@ class _PipelineClient(Service):
         return None
 
     @property
-    def ready_file(self) -> Path:
-        return self.cfg.pids_dir / f"{self.name}.ready"
+    def health_file(self) -> Path:
+        return self.cfg.pids_dir / f"{self.name}.health"
 
     def prepare(self, secrets: dict[str, str]) -> None:
-        self.ready_file.unlink(missing_ok=True)
+        self.health_file.unlink(missing_ok=True)
 
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
         return {**os.environ, **local_stack_settings(self.cfg, secrets)}
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
-        """Ready once the process wrote its ready file, after this start (newer than the pid file)."""
-        try:
-            return self.ready_file.stat().st_mtime >= self.pid_file.stat().st_mtime
-        except FileNotFoundError:
-            return False
+        """Ready once the process says it is up (it writes its state every 2 s)."""
+        report = self.health()
+        return bool(report and report.state == "up")
 
 
 class Gateway(_PipelineClient):
@@ -418,7 +433,7 @@ class Gateway(_PipelineClient):
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "gateway", "--workers", str(self.WORKERS), "--gateway-id", "gw-local",
-                "--ready-file", str(self.ready_file)]
+                "--health-file", str(self.health_file)]
 
 
 class StreamingJob(_PipelineClient):
@@ -433,7 +448,24 @@ class StreamingJob(_PipelineClient):
     def command(self) -> list[str]:
         checkpoint = self.cfg.data_dir / "checkpoints" / "kafka_to_kudu"
         return [sys.executable, "-m", "streaming", "--checkpoint", str(checkpoint),
-                "--ready-file", str(self.ready_file)]
+                "--health-file", str(self.health_file)]
+
+
+class Supervisor(_PipelineClient):
+    """The supervisor (stack/supervisor.py): restarts what `up` started when it exits or stops reporting."""
+
+    name = "supervisor"
+    needs_others_ready = False
+
+    @property
+    def address(self) -> str:
+        return "-"
+
+    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
+        return dict(os.environ)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "stack", "supervise", "--health-file", str(self.health_file)]
 
 
 SERVICE_CLASSES: tuple[type[Service], ...] = (

@@ -1,15 +1,20 @@
-"""Lab 9: score every reading of Kafka topic `iot` with the model server and upsert it into Kudu `sensors`.
+"""Lab 9: score every reading of Kafka topic `iot` with the model server and write it into Kudu `sensors`.
 
 Usage:
     spark-submit --master "local[*]" --packages <kafka and kudu connectors> streaming/kafka_to_kudu.py [options]
     python -m streaming [options]        # prints and runs that exact spark-submit command
 
 Each micro-batch: read Kafka (from the earliest offset on the first run), check each record against the data
-contract, score the valid ones in one Arrow call per partition to the model server's batch endpoint, upsert them
-into Kudu (key sensor_id, sensor_ts: a replayed batch is harmless), and send records that are not readings to
-the dead-letter topic with the reason. Kafka offsets live in the checkpoint. If the model server is down, the
-batch fails after bounded retries, and the query restarts from the checkpoint: nothing is written unscored and
-nothing is skipped.
+contract, score the valid ones in one Arrow call per partition to the model server's batch endpoint, compare
+them with what Kudu already holds under their keys, insert the new ones, and send the rest to the dead-letter
+topic with the reason: records that are not readings, and conflicts (a different reading under a key that is
+already stored; the stored one is kept). A replayed batch (after a crash) finds its own rows and writes nothing
+twice. Kafka offsets live in the checkpoint.
+
+Nothing stops the job for longer than an outage: while the model server, Kudu or Kafka is away, the batch waits
+with capped backoff and retries (rows already scored are not scored again while Kudu is away) and the health
+file says what it waits on. If Kafka deleted offsets the checkpoint still needs (retention), the job stops
+loudly (exit 3) unless --no-fail-on-data-loss.
 """
 
 from __future__ import annotations
@@ -18,15 +23,33 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
+from typing import TypeVar
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.errors import StreamingQueryException
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import BinaryType, DoubleType, IntegerType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import (
+    BinaryType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
-from contract import ID_FIELD, LABEL, SENSOR_FIELDS, TS_FIELD
-from streaming.scoring import SCORERS, check_and_score
+from contract import ID_FIELD, LABEL, MAX_NESTING, MAX_PAYLOAD_BYTES, SENSOR_FIELDS, TS_FIELD
+from stack.health import Health, HealthReporter
+from stack.probes import http_ok, port_open
+from stack.retry import Backoff
+from streaming.scoring import INPUT_COLUMNS, SCORERS, check_and_score
 
 OUTPUT_SCHEMA = StructType([
     StructField("kind", StringType()),
@@ -36,9 +59,15 @@ OUTPUT_SCHEMA = StructType([
     StructField(LABEL, IntegerType()),
     StructField("value", BinaryType()),
     StructField("reason", StringType()),
+    StructField("field", StringType()),
+    StructField("partition", IntegerType()),
+    StructField("offset", LongType()),
 ])
 TABLE_COLUMNS = [ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL]
+DATA_LOSS_EXIT = 3
+UNPROCESSABLE_AFTER = 5  # failures in a row, none blaming a dependency, before a batch is dead-lettered whole
 log = logging.getLogger("streaming")
+T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,11 +89,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a Kafka client setting for the source and the dead-letter sink, repeatable: e.g. "
                              "security.protocol=SASL_SSL (see docs/cluster.md)")
-    parser.add_argument("--fail-on-data-loss", action="store_true",
-                        help="stop if Kafka deleted offsets the checkpoint wants (default: log and go on)")
-    parser.add_argument("--restart-delay-seconds", type=float, default=5.0,
-                        help="pause before restarting a failed query from its checkpoint")
-    parser.add_argument("--ready-file", help="touched once the query has started (for `make up`)")
+    parser.add_argument("--fail-on-data-loss", action=argparse.BooleanOptionalAction, default=True,
+                        help="stop (exit 3) if Kafka deleted offsets the checkpoint wants (default); "
+                             "--no-fail-on-data-loss logs it and goes on from what is left")
+    parser.add_argument("--max-payload-bytes", type=int, default=MAX_PAYLOAD_BYTES,
+                        help=f"larger records are dead-lettered (default {MAX_PAYLOAD_BYTES:,})")
+    parser.add_argument("--max-nesting", type=int, default=MAX_NESTING,
+                        help=f"records nested deeper are dead-lettered (default {MAX_NESTING})")
+    parser.add_argument("--restart-delay-seconds", type=float, default=1.0,
+                        help="first pause before retrying after a failure; it doubles up to --max-backoff-seconds")
+    parser.add_argument("--max-backoff-seconds", type=float, default=30.0,
+                        help="longest pause between retries while a dependency is away (default 30 s)")
+    parser.add_argument("--stuck-batch-seconds", type=float, default=300.0,
+                        help="a batch running this long without waiting on anything makes the job degraded")
+    parser.add_argument("--health-file", type=Path, help="where to write the job's state every 2 s")
     return parser.parse_args(argv)
 
 
@@ -85,50 +123,282 @@ def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
             .option("subscribe", args.topic)
             .option("startingOffsets", "earliest")
             .option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
-            # Kafka's retention deleting unread offsets is loss we cannot undo; by default the job says so in
-            # its log and carries on from what is left (--fail-on-data-loss stops it instead).
+            # Kafka's retention deleting unread offsets is loss we cannot undo: stop loudly (the default).
             .option("failOnDataLoss", str(args.fail_on_data_loss).lower())
             .load()
-            .select("value"))
+            .select(*INPUT_COLUMNS))
 
 
-def write_batch(args: argparse.Namespace, access_key: str):
-    """The foreachBatch function: score, upsert into Kudu, dead-letter the rest, log one line."""
-    dead_letter_options = kafka_options(args)
+class JobStatus:
+    """What the job is doing, shared by the batch function and the main loop; `assess()` is its health."""
+
+    def __init__(self, stuck_batch_s: float):
+        self.lock = threading.Lock()
+        self.state, self.waiting_on, self.detail = "starting", None, "starting the query"
+        self.batch_started: float | None = None
+        self.stuck_batch_s = stuck_batch_s
+        self.idle_problem: tuple[str, str] | None = None
+        self.counters = {"batches": 0, "rows": 0, "dead_lettered": 0, "conflicts": 0, "retries": 0,
+                         "unprocessable_batches": 0}
+        self.last_batch_at = time.monotonic()
+
+    def set(self, state: str, detail: str, waiting_on: str | None = None) -> None:
+        with self.lock:
+            self.state, self.detail, self.waiting_on = state, detail, waiting_on
+
+    def batch_begins(self) -> None:
+        self.batch_started = time.monotonic()
+
+    def batch_done(self, rows: int, dead: int, conflicts: int, detail: str) -> None:
+        with self.lock:
+            self.batch_started, self.last_batch_at = None, time.monotonic()
+            self.counters["batches"] += 1
+            self.counters["rows"] += rows
+            self.counters["dead_lettered"] += dead
+            self.counters["conflicts"] += conflicts
+            self.state, self.detail, self.waiting_on = "up", detail, None
+
+    def assess(self) -> Health:
+        with self.lock:
+            counters = dict(self.counters)
+            if self.state == "up" and self.batch_started and time.monotonic() - self.batch_started > self.stuck_batch_s:
+                return Health("degraded", f"a batch has run for {time.monotonic() - self.batch_started:.0f} s",
+                              counters=counters)
+            if self.state == "up" and self.idle_problem:
+                return Health("degraded", self.idle_problem[1], self.idle_problem[0], counters=counters)
+            return Health(self.state, self.detail, self.waiting_on, counters=counters)
+
+
+def dependency_of(exc: BaseException, phase: str) -> str:
+    """Which dependency a failure of `phase` ("score", "kudu", "kafka") points at."""
+    text = str(exc)
+    if "ModelUnavailable" in text:
+        return "model"
+    if phase == "score":
+        return "kafka" if "kafka" in text.lower() else "spark"
+    return phase
+
+
+class BatchUnprocessable(RuntimeError):
+    """The batch failed again and again with no dependency to blame: its records are dead-lettered instead."""
+
+
+def until_done(status: JobStatus, phase: str, what: str, action: Callable[[], T], backoff: Backoff,
+               unprocessable_after: int | None = None) -> T:
+    """Run `action` until it succeeds, waiting with capped backoff while its dependency is away.
+
+    With `unprocessable_after`, that many failures in a row that blame no dependency raise BatchUnprocessable:
+    a batch that cannot be processed must not stop the job for good."""
+    blameless = 0
+    while True:
+        try:
+            result = action()
+            backoff.reset()
+            return result
+        except Exception as exc:  # noqa: BLE001 - an outage or a failed write: wait and retry, never skip
+            dependency = dependency_of(exc, phase)
+            problem = first_line(exc)
+            blameless = blameless + 1 if dependency == "spark" else 0
+            if unprocessable_after and blameless >= unprocessable_after:
+                raise BatchUnprocessable(problem) from exc
+            delay = backoff.next_delay()
+            status.counters["retries"] += 1
+            status.set("degraded", f"{what} failed: {problem}; retrying in {delay:.0f} s", dependency)
+            log.warning("%s failed (waiting on %s): %s; retrying in %.0f s", what, dependency, problem, delay)
+            time.sleep(delay)
+
+
+def first_line(exc: BaseException) -> str:
+    """The informative line of a (Py4J-wrapped) exception, short."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    informative = [line for line in lines if "Exception" in line or "Error" in line] or lines or [repr(exc)]
+    return informative[0][:300]
+
+
+@dataclass(frozen=True)
+class Summary:
+    scored: int
+    dead: int
+    ids: list[int]
+    ts_min: object
+    ts_max: object
+
+
+def summarize(scored: DataFrame) -> Summary:
+    """One Spark job reads, checks and scores the batch (then cached); counts and the keys' extent come back."""
+    by_kind = {kind: (count, ids, low, high) for kind, count, ids, low, high in
+               scored.groupBy("kind").agg(F.count("*"), F.collect_set(ID_FIELD), F.min(TS_FIELD), F.max(TS_FIELD))
+               .collect()}
+    rows, ids, low, high = by_kind.get("scored", (0, [], None, None))
+    return Summary(rows, by_kind.get("dead", (0,))[0], sorted(ids), low, high)
+
+
+def _differs(name: str) -> Column:
+    return ~F.col(name).eqNullSafe(F.col(f"stored_{name}"))
+
+
+def against_stored(spark: SparkSession, scored: DataFrame, summary: Summary, args: argparse.Namespace) -> DataFrame:
+    """The batch's readings, each marked `new`, `same` (already stored: a replay) or `conflict` (a different
+    reading is stored under its key), with the conflict's reason."""
+    stored = (spark.read.format("kudu").option("kudu.master", args.kudu_master).option("kudu.table", args.kudu_table)
+              .load()
+              .where(F.col(ID_FIELD).isin(summary.ids) & F.col(TS_FIELD).between(summary.ts_min, summary.ts_max))
+              .select(ID_FIELD, TS_FIELD, F.lit(True).alias("stored"),
+                      *[F.col(name).alias(f"stored_{name}") for name in SENSOR_FIELDS]))
+    differs = reduce(lambda a, b: a | b, [_differs(name) for name in SENSOR_FIELDS])
+    changes = F.concat_ws(", ", *[F.when(_differs(name), F.format_string(
+        f"{name} %s -> %s", F.col(f"stored_{name}"), F.col(name))) for name in SENSOR_FIELDS])
+    reason = F.format_string(
+        f"conflict: a different reading is stored under this key ({ID_FIELD}=%d, {TS_FIELD}=%d); the stored one is "
+        "kept; this one differs in %s", F.col(ID_FIELD), F.expr(f"unix_micros({TS_FIELD})"), changes)
+    return (scored.where("kind = 'scored'").join(stored, [ID_FIELD, TS_FIELD], "left")
+            .withColumn("status", F.when(F.col("stored").isNull(), "new").when(differs, "conflict").otherwise("same"))
+            .withColumn("reason", F.when(F.col("status") == "conflict", reason)))
+
+
+def write_kudu(rows: DataFrame, args: argparse.Namespace) -> None:
+    # insert-ignore, not upsert: a row already stored is never overwritten (conflicts were set aside above).
+    (rows.select(*TABLE_COLUMNS).write.format("kudu")
+     .option("kudu.master", args.kudu_master).option("kudu.table", args.kudu_table)
+     .option("kudu.operation", "insert-ignore").mode("append").save())
+
+
+def write_dead_letters(dead: DataFrame, args: argparse.Namespace, kafka: dict[str, str]) -> None:
+    """Dead letters to Kafka: the original value, the reason and where the record came from, in headers."""
+    def header(name: str, value: Column) -> Column:
+        return F.struct(F.lit(name).alias("key"), value.cast("string").cast("binary").alias("value"))
+
+    (dead.select(F.col("value"), F.array(
+        header("reason", F.col("reason")), header("field", F.coalesce(F.col("field"), F.lit(""))),
+        header("source", F.lit("streaming")), header("kafka_topic", F.lit(args.topic)),
+        header("kafka_partition", F.col("partition")), header("kafka_offset", F.col("offset")),
+        header("kind", F.col("dead_kind"))).alias("headers"))
+     .write.format("kafka").options(**kafka).option("topic", args.dead_letter_topic).save())
+
+
+def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
+    """The foreachBatch function: score, insert the new into Kudu, dead-letter the rest, log one line."""
+    # Our dead letters are written like the gateway's records: every replica acknowledges, no duplicates on retry.
+    dead_letter_kafka = {**kafka_options(args), "kafka.acks": "all", "kafka.enable.idempotence": "true"}
+    backoff = Backoff(args.restart_delay_seconds, args.max_backoff_seconds)
+
+    def score(batches):
+        return check_and_score(batches, args.model_url, access_key, args.scoring, args.max_payload_bytes,
+                               args.max_nesting)
 
     def process(batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        status.batch_begins()
+        spark = batch.sparkSession
         # One Python task per core, not one per Kafka partition: each task costs a fixed share of every batch.
-        scored = batch.coalesce(batch.sparkSession.sparkContext.defaultParallelism).mapInPandas(
-            lambda batches: check_and_score(batches, args.model_url, access_key, args.scoring),
-            OUTPUT_SCHEMA).persist()
+        scored = batch.coalesce(spark.sparkContext.defaultParallelism).mapInPandas(score, OUTPUT_SCHEMA).persist()
+        classified = None
         try:
-            # One Spark job reads, checks and scores the batch (then cached); the writes reuse it.
-            summary = {kind: (count, oldest) for kind, count, oldest in
-                       scored.groupBy("kind").agg(F.count("*"), F.min(TS_FIELD)).collect()}
+            try:
+                summary = until_done(status, "score", f"batch {batch_id}: reading and scoring",
+                                     lambda: summarize(scored), backoff, UNPROCESSABLE_AFTER)
+            except BatchUnprocessable as exc:
+                dead_letter_whole_batch(batch, batch_id, str(exc), args, dead_letter_kafka, status, backoff)
+                return
             scoring_s = time.monotonic() - started
-            rows, oldest = summary.get("scored", (0, None))
-            dead = summary.get("dead", (0, None))[0]
-            if rows:
-                (scored.where("kind = 'scored'").select(*TABLE_COLUMNS).write.format("kudu")
-                 .option("kudu.master", args.kudu_master).option("kudu.table", args.kudu_table)
-                 .option("kudu.operation", "upsert").mode("append").save())
-            if dead:
-                (scored.where("kind = 'dead'")
-                 .select(F.col("value"), F.array(F.struct(F.lit("reason").alias("key"),
-                                                          F.col("reason").cast("binary").alias("value")))
-                         .alias("headers"))
-                 .write.format("kafka").options(**dead_letter_options)
-                 .option("topic", args.dead_letter_topic).save())
+            dead = scored.where("kind = 'dead'").select("value", "reason", "field", "partition", "offset",
+                                                         F.lit("invalid").alias("dead_kind"))
+            counts = {}
+            if summary.scored:
+                classified = against_stored(spark, scored, summary, args).persist()
+                counts = until_done(status, "kudu", f"batch {batch_id}: comparing with Kudu",
+                                    lambda: dict(classified.groupBy("status").count().collect()), backoff)
+                if counts.get("new"):
+                    until_done(status, "kudu", f"batch {batch_id}: writing to Kudu",
+                               lambda: write_kudu(classified.where("status = 'new'"), args), backoff)
+                if counts.get("conflict"):
+                    dead = dead.unionByName(classified.where("status = 'conflict'").select(
+                        "value", "reason", F.lit("").alias("field"), "partition", "offset",
+                        F.lit("conflict").alias("dead_kind")))
+            if summary.dead or counts.get("conflict"):
+                until_done(status, "kafka", f"batch {batch_id}: writing dead letters",
+                           lambda: write_dead_letters(dead, args, dead_letter_kafka), backoff)
         finally:
             scored.unpersist()
+            if classified is not None:
+                classified.unpersist()
         total_s = time.monotonic() - started
-        lag_s = f"{(time.time() - oldest.timestamp()):.1f} s" if oldest else "-"
-        log.info("batch %d: %d rows, %d dead-lettered, %.0f rows/s, scoring %.2f s, write %.2f s, lag %s",
-                 batch_id, rows, dead, rows / total_s if total_s else 0, scoring_s,
-                 total_s - scoring_s, lag_s)
+        rows, conflicts, replayed = counts.get("new", 0), counts.get("conflict", 0), counts.get("same", 0)
+        lag_s = f"{time.time() - summary.ts_min.timestamp():.1f} s" if summary.ts_min else "-"
+        line = (f"batch {batch_id}: {rows} rows, {summary.dead} dead-lettered, {conflicts} conflicts, {replayed} "
+                f"already stored, {rows / total_s if total_s else 0:.0f} rows/s, scoring {scoring_s:.2f} s, "
+                f"write {total_s - scoring_s:.2f} s, lag {lag_s}")
+        status.batch_done(rows, summary.dead + conflicts, conflicts, line)
+        log.info(line)
 
     return process
+
+
+def dead_letter_whole_batch(batch: DataFrame, batch_id: int, problem: str, args: argparse.Namespace,
+                            kafka: dict[str, str], status: JobStatus, backoff: Backoff) -> None:
+    """Keep every record of a batch that cannot be processed in the dead-letter topic, and go on."""
+    reason = f"the job could not process this record's batch ({batch_id}): {problem}"
+    log.error("batch %d failed %d times with no dependency to blame (%s): dead-lettering its records", batch_id,
+              UNPROCESSABLE_AFTER, problem)
+    dead = batch.select("value", F.lit(reason).alias("reason"), F.lit("").alias("field"), "partition", "offset",
+                        F.lit("unprocessable").alias("dead_kind"))
+    until_done(status, "kafka", f"batch {batch_id}: dead-lettering the whole batch",
+               lambda: write_dead_letters(dead, args, kafka), backoff)
+    status.counters["unprocessable_batches"] += 1
+    status.batch_done(0, 0, 0, f"batch {batch_id} could not be processed; its records were dead-lettered")
+
+
+def idle_problem(args: argparse.Namespace) -> tuple[str, str] | None:
+    """With no batch for a while, check that the dependencies still answer: an idle job must not claim `up`."""
+    try:
+        if not http_ok(f"{args.model_url}/health"):
+            return "model", f"the model server at {args.model_url} is not healthy"
+    except Exception as exc:  # noqa: BLE001 - any failure to answer is the problem
+        return "model", f"the model server at {args.model_url} does not answer ({type(exc).__name__})"
+    for what, servers in (("kafka", args.bootstrap_servers), ("kudu", args.kudu_master)):
+        addresses = [s.strip() for s in servers.split(",") if s.strip()]
+        if not any(port_open(*address.rsplit(":", 1), timeout_s=2.0) for address in addresses):
+            return what, f"nothing answers at {servers} ({what})"
+    return None
+
+
+def data_was_lost(message: str) -> bool:
+    """Spark's Kafka source names its option when offsets it needs were deleted (failOnDataLoss=true)."""
+    return "failOnDataLoss" in message
+
+
+def run(spark: SparkSession, args: argparse.Namespace, access_key: str, status: JobStatus) -> int:
+    """Start the query; restart it from the checkpoint after a failure, with capped backoff, forever."""
+    backoff = Backoff(args.restart_delay_seconds, args.max_backoff_seconds)
+    while True:
+        status.set("starting", "starting the query")
+        try:
+            query = (read_kafka(spark, args).writeStream
+                     .foreachBatch(write_batch(args, access_key, status))
+                     .option("checkpointLocation", args.checkpoint)
+                     .trigger(processingTime=f"{args.trigger_seconds} seconds")
+                     .start())
+            status.set("up", "query running, waiting for the first batch")
+            log.info("streaming %s -> Kudu %s (checkpoint %s)", args.topic, args.kudu_table, args.checkpoint)
+            while not query.awaitTermination(5):
+                quiet = time.monotonic() - status.last_batch_at > 10
+                status.idle_problem = idle_problem(args) if quiet else None
+                if status.counters["batches"]:
+                    backoff.reset()
+            return 0
+        except (StreamingQueryException, Exception) as exc:  # noqa: BLE001 - restart from the checkpoint
+            problem = first_line(exc)
+            if data_was_lost(str(exc)):
+                log.error("Kafka no longer holds offsets this job still needs (retention deleted them): %s. "
+                          "Stopping rather than skipping data. To go on from what is left, restart with "
+                          "--no-fail-on-data-loss (or delete the checkpoint %s to start over).",
+                          problem, args.checkpoint)
+                return DATA_LOSS_EXIT
+            delay = backoff.next_delay()
+            status.set("degraded", f"query failed: {problem}; restarting from the checkpoint in {delay:.0f} s",
+                       dependency_of(exc, "score"))
+            log.error("query failed (%s); restarting from the checkpoint in %.0f s", problem, delay)
+            time.sleep(delay)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,27 +408,17 @@ def main(argv: list[str] | None = None) -> int:
     if not access_key:
         print("error: MODEL_ACCESS_KEY is not set (source .stack/connection.env)", file=sys.stderr)
         return 2
+    status = JobStatus(args.stuck_batch_seconds)
+    reporter = HealthReporter(args.health_file, status.assess).start()
     spark = (SparkSession.builder.appName("iot-kafka-to-kudu")
              .config("spark.sql.session.timeZone", "UTC")
              .config("spark.sql.shuffle.partitions", "1")  # only the per-batch summary shuffles
              .getOrCreate())
     spark.sparkContext.setLogLevel("WARN")
-    while True:
-        query = (read_kafka(spark, args).writeStream
-                 .foreachBatch(write_batch(args, access_key))
-                 .option("checkpointLocation", args.checkpoint)
-                 .trigger(processingTime=f"{args.trigger_seconds} seconds")
-                 .start())
-        log.info("streaming %s -> Kudu %s (checkpoint %s)", args.topic, args.kudu_table, args.checkpoint)
-        if args.ready_file:
-            Path(args.ready_file).touch()
-        try:
-            query.awaitTermination()
-            return 0
-        except Exception as exc:  # noqa: BLE001 - any failed batch: restart from the checkpoint
-            log.error("query failed (%s); restarting from the checkpoint in %.0f s",
-                      str(exc).splitlines()[0][:300], args.restart_delay_seconds)
-            time.sleep(args.restart_delay_seconds)
+    try:
+        return run(spark, args, access_key, status)
+    finally:
+        reporter.stop()
 
 
 if __name__ == "__main__":

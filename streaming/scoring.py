@@ -1,7 +1,13 @@
 """Per-partition work of the streaming job: check each Kafka record against the contract, score the valid ones
 with the model server in one batch call, and return scored rows and dead letters side by side.
 
-Used inside Spark's `mapInPandas`; plain pandas in, plain pandas out, so it is tested without Spark.
+Used inside Spark's `mapInPandas`; plain pandas in, plain pandas out, so it is tested without Spark. Total: any
+record (a null value, any bytes) becomes a scored row or a dead letter with its reason; only an unreachable
+model server fails the batch (the job then waits for it).
+
+Within one partition's records, a key (sensor_id, sensor_ts) seen again is dropped when the reading is the
+same (a replay), and dead-lettered as a conflict when it differs. Kafka puts a key in one partition, and the
+job keeps whole Kafka partitions together, so this sees every repeat of a key within a micro-batch.
 """
 
 from __future__ import annotations
@@ -16,20 +22,28 @@ import requests
 from contract import (
     ID_FIELD,
     LABEL,
+    MAX_NESTING,
+    MAX_PAYLOAD_BYTES,
     SENSOR_FIELDS,
     TS_FIELD,
     InvalidReading,
+    clip,
     format_feature_string,
     parse_reading,
 )
 from model.wire import ARROW_STREAM, ipc_to_results, rows_to_ipc
 
 # Columns of what mapInPandas returns (see OUTPUT_SCHEMA in the job): `kind` tells scored rows from dead letters.
-OUTPUT_COLUMNS = ["kind", ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, "value", "reason"]
+OUTPUT_COLUMNS = ["kind", ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, "value", "reason", "field", "partition", "offset"]
+INPUT_COLUMNS = ["value", "partition", "offset"]
 
 
 class ModelUnavailable(RuntimeError):
     """The model server did not answer after the bounded retries: the micro-batch must fail, not skip."""
+
+
+class RowsRefused(ValueError):
+    """The model server refused the rows themselves (HTTP 400): retrying them as they are cannot help."""
 
 
 def _post_with_retries(session, url: str, attempts: int, timeout_s: float, **request) -> requests.Response:
@@ -41,8 +55,10 @@ def _post_with_retries(session, url: str, attempts: int, timeout_s: float, **req
             if response.status_code == 200:
                 return response
             problem = f"HTTP {response.status_code}: {response.text[:300]}"
-            if response.status_code in (400, 401, 413):
-                break  # retrying cannot fix the request or the key
+            if response.status_code == 400:
+                raise RowsRefused(problem)
+            if response.status_code in (401, 413):
+                break  # retrying cannot fix the key or the size
         except requests.RequestException as exc:
             problem = f"{type(exc).__name__}: {exc}"
         time.sleep(min(2**attempt * 0.5, 8))  # backoff between retries
@@ -74,31 +90,108 @@ def score_each(rows: np.ndarray, model_url: str, access_key: str, timeout_s: flo
 SCORERS = {"batch": score_batch, "per-record": score_each}
 
 
-def check_and_score(batches: Iterator[pd.DataFrame], model_url: str, access_key: str,
-                    scoring: str = "batch") -> Iterator[pd.DataFrame]:
-    """mapInPandas function: Kafka `value` bytes in; scored readings and dead letters out.
+def score_or_refuse(score, features: np.ndarray, **call) -> tuple[np.ndarray, dict[int, str]]:
+    """Verdicts for the rows the model server takes, and the reason for each row it refuses (by bisection:
+    one refused row must not cost the others their verdicts). Unrefused rows only fail with ModelUnavailable."""
+    verdicts = np.full(len(features), -1, dtype=np.int32)
+    refused: dict[int, str] = {}
+    pending = [(0, len(features))]
+    while pending:
+        start, stop = pending.pop()
+        try:
+            verdicts[start:stop] = score(features[start:stop], **call)
+        except RowsRefused as exc:
+            if stop - start == 1:
+                refused[start] = f"the model server refused the row: {clip(str(exc), 300)}"
+            else:
+                middle = (start + stop) // 2
+                pending += [(start, middle), (middle, stop)]
+    return verdicts, refused
+
+
+class KeyTracker:
+    """The readings seen so far in one partition of one micro-batch, by key, to tell replays from conflicts."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, int], tuple] = {}
+
+    def classify(self, reading: dict) -> str | None:
+        """None for a new key; "same" for a repeat of the same reading; a conflict reason otherwise."""
+        key = (reading[ID_FIELD], reading[TS_FIELD])
+        values = tuple(float(reading[name]) for name in SENSOR_FIELDS)
+        first = self.seen.setdefault(key, values)
+        if first is values:
+            return None
+        if first == values:
+            return "same"
+        return conflict_reason(key, first, values)
+
+
+def conflict_reason(key: tuple[int, int], kept: tuple, other: tuple) -> str:
+    """The dead-letter reason of a different reading under an existing key, naming what differs."""
+    changes = [f"{name} {a!r} -> {b!r}" for name, a, b in zip(SENSOR_FIELDS, kept, other, strict=True) if a != b]
+    return (f"conflict: a different reading under the existing key ({ID_FIELD}={key[0]}, {TS_FIELD}={key[1]}); "
+            f"the first is kept; this one differs in {', '.join(changes)}")
+
+
+def check_records(batch: pd.DataFrame, tracker: KeyTracker, max_bytes: int, max_nesting: int
+                  ) -> tuple[list[dict], list[tuple]]:
+    """Readings (with their Kafka position) and dead letters (value, reason, field, partition, offset)."""
+    good, dead = [], []
+    for value, partition, offset in zip(batch["value"], batch["partition"], batch["offset"], strict=True):
+        try:
+            reading = parse_reading(value, max_bytes, max_nesting)
+        except InvalidReading as exc:
+            dead.append((value, str(exc), exc.field or "", partition, offset))
+            continue
+        verdict = tracker.classify(reading)
+        if verdict is None:
+            good.append({**reading, "value": value, "partition": partition, "offset": offset})
+        elif verdict != "same":
+            dead.append((value, verdict, "", partition, offset))
+    return good, dead
+
+
+def _scored_frame(good: list[dict], verdicts: np.ndarray, refused: dict[int, str]) -> tuple[pd.DataFrame, list]:
+    frame = pd.DataFrame.from_records(good, columns=[ID_FIELD, TS_FIELD, *SENSOR_FIELDS, "value", "partition",
+                                                     "offset"])
+    frame[LABEL] = verdicts
+    dead = [(frame["value"][i], reason, "", frame["partition"][i], frame["offset"][i]) for i, reason in refused.items()]
+    frame = frame.drop(index=list(refused)) if refused else frame
+    frame[TS_FIELD] = pd.to_datetime(frame[TS_FIELD], unit="us")
+    frame[ID_FIELD] = frame[ID_FIELD].astype(np.int32)
+    frame["kind"], frame["reason"], frame["field"] = "scored", None, None
+    return frame, dead
+
+
+def check_and_score(batches: Iterator[pd.DataFrame], model_url: str, access_key: str, scoring: str = "batch",
+                    max_bytes: int = MAX_PAYLOAD_BYTES, max_nesting: int = MAX_NESTING) -> Iterator[pd.DataFrame]:
+    """mapInPandas function: Kafka `value`, `partition`, `offset` in; scored readings and dead letters out.
 
     `scoring`: "batch" (one call per partition batch) or "per-record" (the workshop's baseline)."""
     score = SCORERS[scoring]
+    tracker = KeyTracker()
     with requests.Session() as session:
         for batch in batches:
-            good, dead = [], []
-            for value in batch["value"]:
-                try:
-                    good.append(parse_reading(value))
-                except InvalidReading as exc:
-                    dead.append((value, str(exc)))
+            good, dead = check_records(batch, tracker, max_bytes, max_nesting)
             out = []
             if good:
-                frame = pd.DataFrame.from_records(good, columns=[ID_FIELD, TS_FIELD, *SENSOR_FIELDS])
-                features = frame[list(SENSOR_FIELDS)].to_numpy(dtype=np.float64)
-                frame[LABEL] = score(features, model_url, access_key, session=session).astype(np.int32)
-                frame[TS_FIELD] = pd.to_datetime(frame[TS_FIELD], unit="us")
-                frame[ID_FIELD] = frame[ID_FIELD].astype(np.int32)
-                frame["kind"], frame["value"], frame["reason"] = "scored", None, None
+                features = np.array([[r[name] for name in SENSOR_FIELDS] for r in good], dtype=np.float64)
+                verdicts, refused = score_or_refuse(score, features, model_url=model_url, access_key=access_key,
+                                                    session=session)
+                frame, refused_rows = _scored_frame(good, verdicts, refused)
                 out.append(frame)
+                dead += refused_rows
             if dead:
-                out.append(pd.DataFrame({"kind": "dead", "value": [v for v, _ in dead],
-                                         "reason": [r for _, r in dead]}))
+                out.append(pd.DataFrame(dead, columns=["value", "reason", "field", "partition", "offset"])
+                           .assign(kind="dead"))
             if out:
-                yield pd.concat(out, ignore_index=True).reindex(columns=OUTPUT_COLUMNS)
+                yield typed(pd.concat(out, ignore_index=True).reindex(columns=OUTPUT_COLUMNS))
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns with the dtypes Arrow converts to the job's schema, whatever mix of rows (a batch of dead letters
+    alone has no timestamps: NaN would not convert to a timestamp and fail the batch)."""
+    return frame.astype({ID_FIELD: "Int32", LABEL: "Int32", "partition": "Int32", "offset": "Int64",
+                         **dict.fromkeys(SENSOR_FIELDS, "float64"), "kind": object, "reason": object,
+                         "field": object, "value": object}).assign(**{TS_FIELD: pd.to_datetime(frame[TS_FIELD])})

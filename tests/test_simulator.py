@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import numpy as np
 import pytest
 
-from contract import SENSOR_FIELDS, parse_reading
+from contract import SENSOR_FIELDS, SENSOR_ID_RANGE, parse_reading
 from model.registry import load_served_model
 from simulator.__main__ import DEFAULT_CONFIG
 from simulator.config import ConfigError, load_simulator_config
@@ -32,10 +34,59 @@ def write_config(tmp_path, **sections) -> object:
     ("mqtt", {"topic": "iot/#"}, "mqtt.topic: 'iot/#' must be a plain topic"),
     ("machines", {"mode": "random"}, "machines.mode: 'random' is not one of"),
     ("machines", {"ranges": {"sensor_12": [0, 1]}}, "machines.ranges.sensor_12: unknown sensor"),
+    ("mqtt", {"passwrd": "p"}, "mqtt.passwrd: unknown key; did you mean mqtt.password?"),
+    ("misc", {"intervall_ms": 5}, "misc.intervall_ms: unknown key; did you mean misc.interval_ms?"),
+    ("machines", {"cout": 5}, "machines.cout: unknown key; did you mean machines.count?"),
+    ("misc", {"zzz": 1}, "misc.zzz: unknown key; known: interval_ms, verbose, seed,"),
+    ("mqtt", {"port": 65536}, "mqtt.port: 65536 must be in 0..65535 (0 = from the environment)"),
+    ("mqtt", {"port": -1}, "mqtt.port: -1 must be in 0..65535"),
+    ("misc", {"seed": -1}, "misc.seed: -1 must be in 0..4294967295"),
+    ("misc", {"seed": 2**32}, "misc.seed: 4294967296 must be in 0..4294967295"),
+    ("misc", {"seed": 7.0}, "misc.seed: must be int, got float 7.0"),
+    ("misc", {"interval_ms": math.nan}, "misc.interval_ms: nan must be >= 0 and finite"),
+    ("misc", {"interval_ms": math.inf}, "misc.interval_ms: inf must be >= 0 and finite"),
+    ("misc", {"duration_s": math.inf}, "misc.duration_s: inf must be >= 0 and finite"),
+    ("machines", {"count": 0}, "machines.count: 0 must be in 1..100000"),
+    ("machines", {"count": 100_001}, "machines.count: 100001 must be in 1..100000"),
+    ("machines", {"count": 10.0}, "machines.count: must be int, got float 10.0"),
+    ("machines", {"count": 10, "first_sensor_id": SENSOR_ID_RANGE[1] - 8},
+     f"machines.first_sensor_id: {SENSOR_ID_RANGE[1] - 8} must be in {SENSOR_ID_RANGE[0]}..{SENSOR_ID_RANGE[1] - 9} "
+     f"for machines.count 10 (sensor_id is at most {SENSOR_ID_RANGE[1]})"),
+    ("machines", {"first_sensor_id": -1}, "machines.first_sensor_id: -1 must be in 0.."),
+    ("machines", {"ranges": {"sensor_0": [0, math.nan]}}, "machines.ranges.sensor_0: must be [min, max] finite"),
 ])
 def test_bad_config_names_the_key_and_the_problem(tmp_path, section, values, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_simulator_config(write_config(tmp_path, **{section: values}))
+
+
+def test_python_json_reads_nan_and_infinity_which_the_config_refuses(tmp_path):
+    path = tmp_path / "sim.config"
+    path.write_text(write_config(tmp_path).read_text().replace('"duration_s": 0', '"duration_s": Infinity'))
+    with pytest.raises(ConfigError, match=re.escape("misc.duration_s: inf must be >= 0 and finite")):
+        load_simulator_config(path)
+
+
+def test_limits_themselves_are_allowed(tmp_path):
+    high = SENSOR_ID_RANGE[1]
+    cfg = load_simulator_config(write_config(tmp_path, misc={"seed": 2**32 - 1},
+                                             machines={"count": 10, "first_sensor_id": high - 9}))
+    assert (cfg.seed, cfg.first_sensor_id + cfg.machine_count - 1) == (2**32 - 1, high)
+    assert load_simulator_config(write_config(tmp_path, machines={"count": 100_000})).machine_count == 100_000
+
+
+def test_port_zero_is_taken_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MQTT_PORT", "18830")
+    assert load_simulator_config(write_config(tmp_path, mqtt={"port": 0})).port == 18830
+    monkeypatch.setenv("MQTT_PORT", "mqtt")
+    with pytest.raises(ConfigError, match=re.escape("MQTT_PORT: 'mqtt' must be an integer in 1..65535")):
+        load_simulator_config(write_config(tmp_path, mqtt={"port": 0}))
+
+
+def test_a_bad_stack_setting_is_a_config_error_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("STACK_KAFKA_PROT", "1")
+    with pytest.raises(ConfigError, match=re.escape("stack settings: STACK_KAFKA_PROT is not a setting")):
+        load_simulator_config(write_config(tmp_path))
 
 
 def test_readings_follow_the_contract_with_increasing_timestamps(tmp_path):

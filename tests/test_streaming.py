@@ -17,7 +17,7 @@ from simulator.fleet import Fleet
 from simulator.publisher import run
 from sql.client import query
 from stack.connection import local_stack_settings
-from stack.services import DEAD_LETTER_TOPIC, IOT_TOPIC
+from stack.names import DEAD_LETTER_TOPIC, IOT_TOPIC
 from tests.test_edge import end_offsets, read_from
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
