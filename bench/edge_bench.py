@@ -87,10 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.messages:,} readings per measurement, {args.publishers} publisher processes, 2 cores shared by all")
     print(f"{'workers':>7}  {'end to end msg/s':>16}  {'simulator msg/s':>15}  {'gateway ceiling msg/s':>21}")
     with tempfile.TemporaryDirectory() as tmp:
-        ready = Path(tmp) / "ready"
+        health = Path(tmp) / "gateway.health"
         for workers in args.workers:
             gateway_id = f"gw-bench-{workers}"
-            gateway = start_gateway(gateway_id, workers, f"{MQTT_TOPIC}/#", BENCH_TOPIC, ready)
+            gateway = start_gateway(gateway_id, workers, f"{MQTT_TOPIC}/#", BENCH_TOPIC, health)
             target = total_offset(bootstrap) + args.messages
             t0 = time.monotonic()
             summary = run(sim, progress=False)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
 
             target = total_offset(bootstrap) + args.messages
             run(sim, progress=False)
-            gateway = start_gateway(gateway_id, workers, f"{MQTT_TOPIC}/#", BENCH_TOPIC, ready)
+            gateway = start_gateway(gateway_id, workers, f"{MQTT_TOPIC}/#", BENCH_TOPIC, health)
             first, last = wait_for_records(bootstrap, target)
             stop_group(gateway)
             forget_sessions(settings, gateway_id, workers)

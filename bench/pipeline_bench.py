@@ -46,7 +46,7 @@ from bench.processes import (
     group_cpu_seconds,
     own_cpu_seconds,
     start_gateway,
-    start_with_ready_file,
+    start_until_up,
     stop_group,
 )
 from simulator.config import SimulatorConfig, load_simulator_config
@@ -211,16 +211,16 @@ class Pipeline:
         admin = KafkaAdminClient(bootstrap_servers=self.settings["KAFKA_BOOTSTRAP"])
         admin.create_topics([NewTopic(self.topic, load_config().kafka_iot_partitions, 1)])
         admin.close()
-        self.job = start_with_ready_file(
+        self.job = start_until_up(
             [sys.executable, "-m", "streaming", "--topic", self.topic, "--scoring", self.scoring,
              "--kudu-table", impala_kudu_table_name(SQL_TABLE), "--trigger-seconds", "1",
              "--checkpoint", str(self.workdir / f"checkpoint-{self.scoring}"),
-             "--ready-file", str(self.workdir / f"job-{self.scoring}.ready")],
-            self.workdir / f"job-{self.scoring}.ready", f"streaming job ({self.scoring})", self.job_log,
+             "--health-file", str(self.workdir / f"job-{self.scoring}.health")],
+            self.workdir / f"job-{self.scoring}.health", f"streaming job ({self.scoring})", self.job_log,
             env={**os.environ, **self.settings})
         try:
             self.gateway = start_gateway(self.gateway_id, self.gateway_workers, f"{MQTT_TOPIC}/#", self.topic,
-                                         self.workdir / f"gateway-{self.scoring}.ready")
+                                         self.workdir / f"gateway-{self.scoring}.health")
         except BaseException:
             stop_group(self.job)
             raise

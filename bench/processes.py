@@ -11,31 +11,33 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from stack.health import is_up
 from stack.probes import wait_until
 from stack.process import cpu_seconds, group_members
 
 
-def start_with_ready_file(command: list[str], ready: Path, what: str, log: Path | None = None,
-                          timeout_s: float = 180, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `command` in its own process group and wait until it touches `ready`."""
-    ready.unlink(missing_ok=True)
+def start_until_up(command: list[str], health_file: Path, what: str, log: Path | None = None,
+                   timeout_s: float = 180, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `command` (given `--health-file health_file`) in its own process group; wait until it says it is up."""
+    health_file.unlink(missing_ok=True)
     out = log.open("a") if log else subprocess.DEVNULL
     process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     if log:
         out.close()
     hint = f" (log: {log})" if log else ""
-    wait_until(ready.exists, timeout_s, what,
+    wait_until(lambda: is_up(health_file), timeout_s, what,
                abort=lambda: f"exited with {process.returncode}{hint}" if process.poll() is not None else None)
     return process
 
 
-def start_gateway(gateway_id: str, workers: int, topic_filter: str, kafka_topic: str, ready: Path) -> subprocess.Popen:
+def start_gateway(gateway_id: str, workers: int, topic_filter: str, kafka_topic: str,
+                  health_file: Path) -> subprocess.Popen:
     """A gateway of the benchmark's own: its MQTT topics into its Kafka topic."""
-    return start_with_ready_file(
+    return start_until_up(
         [sys.executable, "-m", "gateway", "--workers", str(workers), "--gateway-id", gateway_id,
          "--topic-filter", topic_filter, "--share-group", gateway_id, "--kafka-topic", kafka_topic,
-         "--metrics-interval", "3600", "--ready-file", str(ready)],
-        ready, f"gateway {gateway_id}")
+         "--metrics-interval", "3600", "--health-file", str(health_file)],
+        health_file, f"gateway {gateway_id}")
 
 
 def stop_group(process: subprocess.Popen, timeout_s: float = 120) -> None:

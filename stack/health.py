@@ -55,6 +55,12 @@ def write_health(path: Path, health: Health) -> None:
     os.replace(partial, path)
 
 
+def is_up(path: Path) -> bool:
+    """True while the process writing `path` says it is up, in a report that is not stale."""
+    report = read_health(path)
+    return bool(report and report.effective().state == "up")
+
+
 def read_health(path: Path) -> Health | None:
     """The last report in `path`, or None if there is none (or it cannot be read)."""
     try:

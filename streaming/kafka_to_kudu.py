@@ -62,6 +62,7 @@ OUTPUT_SCHEMA = StructType([
     StructField("field", StringType()),
     StructField("partition", IntegerType()),
     StructField("offset", LongType()),
+    StructField("conflict", StringType()),
 ])
 TABLE_COLUMNS = [ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL]
 DATA_LOSS_EXIT = 3
@@ -238,22 +239,25 @@ def _differs(name: str) -> Column:
 
 
 def against_stored(spark: SparkSession, scored: DataFrame, summary: Summary, args: argparse.Namespace) -> DataFrame:
-    """The batch's readings, each marked `new`, `same` (already stored: a replay) or `conflict` (a different
-    reading is stored under its key), with the conflict's reason."""
+    """The batch's readings, each marked `same` (exactly this reading is stored: a replay), `conflict` (a
+    different reading is stored under its key, or came earlier in the batch), or `new`; with the conflict's
+    reason."""
     stored = (spark.read.format("kudu").option("kudu.master", args.kudu_master).option("kudu.table", args.kudu_table)
               .load()
               .where(F.col(ID_FIELD).isin(summary.ids) & F.col(TS_FIELD).between(summary.ts_min, summary.ts_max))
               .select(ID_FIELD, TS_FIELD, F.lit(True).alias("stored"),
                       *[F.col(name).alias(f"stored_{name}") for name in SENSOR_FIELDS]))
     differs = reduce(lambda a, b: a | b, [_differs(name) for name in SENSOR_FIELDS])
-    changes = F.concat_ws(", ", *[F.when(_differs(name), F.format_string(
-        f"{name} %s -> %s", F.col(f"stored_{name}"), F.col(name))) for name in SENSOR_FIELDS])
-    reason = F.format_string(
-        f"conflict: a different reading is stored under this key ({ID_FIELD}=%d, {TS_FIELD}=%d); the stored one is "
-        "kept; this one differs in %s", F.col(ID_FIELD), F.expr(f"unix_micros({TS_FIELD})"), changes)
+    changes = F.concat_ws("; ", *[F.when(_differs(name), F.format_string(
+        f"{name}: %s kept, %s here", F.col(f"stored_{name}"), F.col(name))) for name in SENSOR_FIELDS])
+    stored_conflict = F.format_string(
+        f"conflict: a different reading under this key ({ID_FIELD}=%d, {TS_FIELD}=%d) is stored in Kudu and is "
+        "kept; %s", F.col(ID_FIELD), F.expr(f"unix_micros({TS_FIELD})"), changes)
+    new = F.col("stored").isNull()
     return (scored.where("kind = 'scored'").join(stored, [ID_FIELD, TS_FIELD], "left")
-            .withColumn("status", F.when(F.col("stored").isNull(), "new").when(differs, "conflict").otherwise("same"))
-            .withColumn("reason", F.when(F.col("status") == "conflict", reason)))
+            .withColumn("status", F.when(new & F.col("conflict").isNull(), "new")
+                        .when(new | differs, "conflict").otherwise("same"))
+            .withColumn("reason", F.when(new, F.col("conflict")).otherwise(stored_conflict)))
 
 
 def write_kudu(rows: DataFrame, args: argparse.Namespace) -> None:

@@ -5,9 +5,10 @@ Used inside Spark's `mapInPandas`; plain pandas in, plain pandas out, so it is t
 record (a null value, any bytes) becomes a scored row or a dead letter with its reason; only an unreachable
 model server fails the batch (the job then waits for it).
 
-Within one partition's records, a key (sensor_id, sensor_ts) seen again is dropped when the reading is the
-same (a replay), and dead-lettered as a conflict when it differs. Kafka puts a key in one partition, and the
-job keeps whole Kafka partitions together, so this sees every repeat of a key within a micro-batch.
+Within one partition's records, a reading seen again under its key (sensor_id, sensor_ts) is dropped (a
+replay); a *different* reading under a key seen earlier is scored but marked with a `conflict` reason: the job
+dead-letters it unless Kudu already holds exactly it. Kafka puts a key in one partition, and the job keeps whole
+Kafka partitions together, so this sees every repeat of a key within a micro-batch.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from contract import (
 from model.wire import ARROW_STREAM, ipc_to_results, rows_to_ipc
 
 # Columns of what mapInPandas returns (see OUTPUT_SCHEMA in the job): `kind` tells scored rows from dead letters.
-OUTPUT_COLUMNS = ["kind", ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, "value", "reason", "field", "partition", "offset"]
+OUTPUT_COLUMNS = ["kind", ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, "value", "reason", "field", "partition", "offset",
+                  "conflict"]
 INPUT_COLUMNS = ["value", "partition", "offset"]
 
 
@@ -109,29 +111,32 @@ def score_or_refuse(score, features: np.ndarray, **call) -> tuple[np.ndarray, di
     return verdicts, refused
 
 
+REPEAT = "repeat"
+
+
 class KeyTracker:
-    """The readings seen so far in one partition of one micro-batch, by key, to tell replays from conflicts."""
+    """The distinct readings seen so far in one partition of one micro-batch, by key: replays from conflicts."""
 
     def __init__(self) -> None:
-        self.seen: dict[tuple[int, int], tuple] = {}
+        self.seen: dict[tuple[int, int], list[tuple]] = {}
 
     def classify(self, reading: dict) -> str | None:
-        """None for a new key; "same" for a repeat of the same reading; a conflict reason otherwise."""
+        """None for the first reading of a key; REPEAT for one seen before; a conflict reason otherwise."""
         key = (reading[ID_FIELD], reading[TS_FIELD])
         values = tuple(float(reading[name]) for name in SENSOR_FIELDS)
-        first = self.seen.setdefault(key, values)
-        if first is values:
-            return None
-        if first == values:
-            return "same"
-        return conflict_reason(key, first, values)
+        earlier = self.seen.setdefault(key, [])
+        if values in earlier:
+            return REPEAT
+        earlier.append(values)
+        return None if len(earlier) == 1 else conflict_reason(key, earlier[0], values, "came earlier in the batch")
 
 
-def conflict_reason(key: tuple[int, int], kept: tuple, other: tuple) -> str:
-    """The dead-letter reason of a different reading under an existing key, naming what differs."""
-    changes = [f"{name} {a!r} -> {b!r}" for name, a, b in zip(SENSOR_FIELDS, kept, other, strict=True) if a != b]
-    return (f"conflict: a different reading under the existing key ({ID_FIELD}={key[0]}, {TS_FIELD}={key[1]}); "
-            f"the first is kept; this one differs in {', '.join(changes)}")
+def conflict_reason(key: tuple[int, int], kept: tuple, other: tuple, where: str) -> str:
+    """The dead-letter reason of a different reading under a key already taken, naming what differs."""
+    changes = [f"{name}: {a!r} kept, {b!r} here" for name, a, b in zip(SENSOR_FIELDS, kept, other, strict=True)
+               if a != b]
+    return (f"conflict: a different reading under this key ({ID_FIELD}={key[0]}, {TS_FIELD}={key[1]}) {where} "
+            f"and is kept; {'; '.join(changes)}")
 
 
 def check_records(batch: pd.DataFrame, tracker: KeyTracker, max_bytes: int, max_nesting: int
@@ -145,16 +150,14 @@ def check_records(batch: pd.DataFrame, tracker: KeyTracker, max_bytes: int, max_
             dead.append((value, str(exc), exc.field or "", partition, offset))
             continue
         verdict = tracker.classify(reading)
-        if verdict is None:
-            good.append({**reading, "value": value, "partition": partition, "offset": offset})
-        elif verdict != "same":
-            dead.append((value, verdict, "", partition, offset))
+        if verdict != REPEAT:
+            good.append({**reading, "value": value, "partition": partition, "offset": offset, "conflict": verdict})
     return good, dead
 
 
 def _scored_frame(good: list[dict], verdicts: np.ndarray, refused: dict[int, str]) -> tuple[pd.DataFrame, list]:
     frame = pd.DataFrame.from_records(good, columns=[ID_FIELD, TS_FIELD, *SENSOR_FIELDS, "value", "partition",
-                                                     "offset"])
+                                                     "offset", "conflict"])
     frame[LABEL] = verdicts
     dead = [(frame["value"][i], reason, "", frame["partition"][i], frame["offset"][i]) for i, reason in refused.items()]
     frame = frame.drop(index=list(refused)) if refused else frame
@@ -192,6 +195,7 @@ def check_and_score(batches: Iterator[pd.DataFrame], model_url: str, access_key:
 def typed(frame: pd.DataFrame) -> pd.DataFrame:
     """Columns with the dtypes Arrow converts to the job's schema, whatever mix of rows (a batch of dead letters
     alone has no timestamps: NaN would not convert to a timestamp and fail the batch)."""
-    return frame.astype({ID_FIELD: "Int32", LABEL: "Int32", "partition": "Int32", "offset": "Int64",
-                         **dict.fromkeys(SENSOR_FIELDS, "float64"), "kind": object, "reason": object,
-                         "field": object, "value": object}).assign(**{TS_FIELD: pd.to_datetime(frame[TS_FIELD])})
+    texts = ("kind", "reason", "field", "value", "conflict")
+    types = {ID_FIELD: "Int32", LABEL: "Int32", "partition": "Int32", "offset": "Int64",
+             **dict.fromkeys(SENSOR_FIELDS, "float64"), **dict.fromkeys(texts, object)}
+    return frame.astype(types).assign(**{TS_FIELD: pd.to_datetime(frame[TS_FIELD])})

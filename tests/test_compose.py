@@ -20,6 +20,7 @@ from simulator.publisher import run
 from sql.client import query
 from stack.compose import COMPOSE_FILE, compose_settings, interpolate, load_compose
 from stack.config import REPO_ROOT
+from stack.health import is_up
 from stack.probes import http_ok, wait_until
 from stack.spark import jvm_versions
 from streaming.__main__ import SETTINGS as STREAMING_SETTINGS
@@ -152,7 +153,7 @@ def test_gateway_model_server_and_job_run_unchanged_on_the_settings_compose_give
     connection.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
     env = {**os.environ, **dict(line.split("=", 1) for line in connection.read_text().splitlines())}
     first_id, readings = 700_000, 500
-    ready = tmp_path / "job.ready"
+    job_health = tmp_path / "job.health"
     log = (tmp_path / "parts.log").open("w")
     local_stack.down(["gateway"])  # the readings must take the Compose-configured gateway, the only one
     parts = [
@@ -161,12 +162,12 @@ def test_gateway_model_server_and_job_run_unchanged_on_the_settings_compose_give
         subprocess.Popen([sys.executable, "-m", "gateway", "--gateway-id", "gw-compose-test"],
                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
         subprocess.Popen([sys.executable, "-m", "streaming", "--checkpoint", str(tmp_path / "checkpoint"),
-                          "--ready-file", str(ready)],
+                          "--health-file", str(job_health)],
                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
     ]
     try:
         wait_until(lambda: http_ok(f"http://{cfg.host}:{model_port}/health"), 60, "model server on compose settings")
-        wait_until(ready.exists, 180, "streaming job on compose settings")
+        wait_until(lambda: is_up(job_health), 180, "streaming job on compose settings")
         sim_config = tmp_path / "sim.config"
         sim_config.write_text(json.dumps({
             "mqtt": {"host": env["MQTT_HOST"], "port": int(env["MQTT_PORT"]), "username": env["MQTT_USERNAME"],
