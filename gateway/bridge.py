@@ -137,6 +137,7 @@ class GatewayWorker:
         self.settings = settings
         self.client_id = f"{settings.gateway_id}-{index}"
         self.ping_topic = f"gateway-health/{self.client_id}"
+        self._ping_topic_bytes = self.ping_topic.encode()
         self.counters = Counters()
         self.on_ready = on_ready
         self.failed: str | None = None
@@ -217,7 +218,7 @@ class GatewayWorker:
 
     def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
         try:
-            if message.topic == self.ping_topic:
+            if message._topic == self._ping_topic_bytes:  # raw bytes: .topic raises on invalid UTF-8
                 self._on_pong(message)
                 return
             self.counters.add("received")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -210,10 +211,13 @@ def until_done(status: JobStatus, phase: str, what: str, action: Callable[[], T]
 
 
 def first_line(exc: BaseException) -> str:
-    """The informative line of a (Py4J-wrapped) exception, short."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    informative = [line for line in lines if "Exception" in line or "Error" in line] or lines or [repr(exc)]
-    return informative[0][:300]
+    """The line of a (Py4J- and Spark-wrapped) exception that names its cause, short: our own ModelUnavailable,
+    else the deepest `Caused by:`, else the first line naming an exception."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith("at ")]
+    ours = [line for line in lines if "ModelUnavailable" in line]
+    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by:")]
+    named = [line for line in lines if re.search(r"(Exception|Error)\b", line)]
+    return (ours or causes[-1:] or named or lines or [repr(exc)])[0][:300]
 
 
 @dataclass(frozen=True)
@@ -366,9 +370,12 @@ def idle_problem(args: argparse.Namespace) -> tuple[str, str] | None:
     return None
 
 
+DATA_LOSS_MARKER = "Some data may have been lost because they are not available in Kafka any more"
+
+
 def data_was_lost(message: str) -> bool:
-    """Spark's Kafka source names its option when offsets it needs were deleted (failOnDataLoss=true)."""
-    return "failOnDataLoss" in message
+    """Spark's Kafka source says so, in these words, when offsets it needs were deleted (failOnDataLoss=true)."""
+    return DATA_LOSS_MARKER in message
 
 
 def run(spark: SparkSession, args: argparse.Namespace, access_key: str, status: JobStatus) -> int:
