@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status demo test lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab compose-secrets compose-e2e
+.PHONY: help setup up down status demo test drills audit lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab compose-secrets compose-e2e
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-16s %s\n", $$1, $$2}'
@@ -16,14 +16,20 @@ up: setup ## start the local stack on 127.0.0.1 and wait until every service is 
 down: ## stop the local stack; no process is left behind
 	@if [ -x $(PY) ]; then $(PY) -m stack down; fi
 
-status: ## show each service: address, state, pid, memory, log file
+status: ## show each service: state (up, starting, degraded, crashed, crash-looping, down), pid, memory, restarts
 	@$(PY) -m stack status
+
+audit: ## reconcile the readings of the last 10 minutes stage by stage (python -m stack audit --help for more)
+	@$(PY) -m stack audit --since 10m
 
 demo: up ## set up, start everything, run the simulator and watch readings arrive in Kudu via SQL (Ctrl+C)
 	@$(PY) -m stack demo
 
 test: setup ## run the whole test suite against real services (started by the tests themselves)
 	@$(PY) -m pytest -v
+
+drills: setup ## every fault drill (kill -9 of each process, outages, poison), with a results table (~30 min)
+	@DRILL_RESULTS=$${DRILL_RESULTS:-.stack/drills.json} $(PY) -m pytest -v -m drill tests/test_drills.py
 
 train: setup ## lab 2: train the workshop's first model (20 trees, depth 20) as an MLflow run
 	@$(PY) -m model.train --num-trees 20 --max-depth 20

@@ -101,6 +101,11 @@ class StackConfig:
     model_port: int = _setting(PORT)
     ready_timeout_s: float = _setting(SECONDS)
 
+    def as_environment(self) -> dict[str, str]:
+        """These settings as STACK_<KEY> variables: what a process started for this stack needs to find it."""
+        return {ENV_PREFIX + field.name.upper(): str(getattr(self, field.name))
+                for field in dataclasses.fields(self)}
+
     @property
     def data_dir(self) -> Path:
         return self.dir / "data"

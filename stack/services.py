@@ -462,7 +462,8 @@ class Supervisor(_PipelineClient):
         return "-"
 
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
-        return dict(os.environ)
+        # The supervisor restarts services with its own environment: it must name this stack, whatever the caller's.
+        return {**os.environ, **self.cfg.as_environment()}
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "stack", "supervise", "--health-file", str(self.health_file)]

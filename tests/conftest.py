@@ -6,6 +6,7 @@ installed parts, .stack/jvm and .stack/ivy, are shared read-only) and stops it a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -201,3 +202,25 @@ class Pipeline:
 @pytest.fixture(scope="session")
 def pipeline(local_stack: Stack, secrets: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     return Pipeline(local_stack, secrets, tmp_path_factory.mktemp("pipeline"))
+
+
+DRILL_RESULTS: list = []  # filled by the drills (tests/test_drills.py), printed at the end of the run
+
+
+@pytest.fixture(scope="session")
+def drill_results() -> list:
+    return DRILL_RESULTS
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The drills' table: drill, readings, lost, duplicated (in Kafka), time to recover; also to $DRILL_RESULTS."""
+    if not DRILL_RESULTS:
+        return
+    terminalreporter.section("fault drills")
+    terminalreporter.write_line("| drill | readings | lost | duplicated in Kafka (none in Kudu) | time to recover |")
+    terminalreporter.write_line("|---|---|---|---|---|")
+    for r in DRILL_RESULTS:
+        terminalreporter.write_line(
+            f"| {r.drill} | {r.readings:,} | {r.lost} | {r.duplicated} | {r.recovery_s:.0f} s |")
+    if os.environ.get("DRILL_RESULTS"):
+        Path(os.environ["DRILL_RESULTS"]).write_text(json.dumps([vars(r) for r in DRILL_RESULTS], indent=2))

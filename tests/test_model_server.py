@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
-import urllib.error
+import time
 import urllib.request
+from decimal import Decimal
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from contract import FEATURES
+from model import wire
 from model.registry import load_served_model, promote
 from model.server import create_app
 from model.train import held_out_split, train
@@ -25,6 +31,9 @@ from tests.conftest import free_ports
 
 KEY = "test-key-" + "x" * 24
 AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
+ARROW_AUTH = {**AUTH, "Content-Type": ARROW_STREAM}
+CDSW = "/api/altus-ds-1/models/call-model"
 HEALTHY_EXAMPLE = "0, 65, 0, 137, 21.95, 83, 19.42, 111, 9.4, 6, 3.43, 4"
 FAILING_EXAMPLE = "0, 95, 0, 88, 26.62, 75, 21.05, 115, 8.65, 5, 3.32, 3"
 
@@ -145,6 +154,247 @@ def test_workshop_cdsw_route_and_shape(client):
     assert bad.status_code == 400 and "12 values" in bad.json["message"]
 
 
+def ipc(table: pa.Table, compression: str | None = None) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def sensor_table(rows: int, extra: dict | None = None) -> pa.Table:
+    return pa.table({**{name: np.full(rows, i, dtype=np.float64) for i, name in enumerate(FEATURES)}, **(extra or {})})
+
+
+class Tripwire(io.BytesIO):
+    """A request body that fails the request if anything reads it."""
+
+    def read(self, size=-1):
+        raise AssertionError("the body was read")
+
+    readinto = readline = read1 = read
+
+
+class CountingBody(io.BytesIO):
+    """A request body that counts how much of it was read."""
+
+    consumed = 0
+
+    def readinto(self, buffer):
+        count = super().readinto(buffer)
+        self.consumed += count
+        return count
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.consumed += len(data)
+        return data
+
+
+@pytest.mark.parametrize("path, content_type", [("/predict", "application/json"), ("/predict/batch", ARROW_STREAM),
+                                                ("/predict/batch", "application/json"), ("/model/reload", None)])
+def test_the_key_is_checked_before_the_body_is_read(client, path, content_type):
+    response = client.post(path, input_stream=Tripwire(b"x" * 1000), content_type=content_type)
+    assert response.status_code == 401 and "access key" in response.json["error"]
+
+
+def test_cdsw_route_checks_a_bearer_header_before_the_body_and_accepts_it_as_the_key(client):
+    wrong = client.post(CDSW, input_stream=Tripwire(b"{}"), content_type="application/json",
+                        headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json["success"] is False
+    keyed = client.post(CDSW, json={"request": {"feature": HEALTHY_EXAMPLE}}, headers=AUTH)
+    assert keyed.status_code == 200 and keyed.json == {"success": True, "response": {"result": 1}}
+
+
+def test_cdsw_route_refuses_a_1_mib_body_without_reading_it(client):
+    big = json.dumps({"accessKey": KEY, "request": {"feature": HEALTHY_EXAMPLE}, "pad": "x" * (1 << 20)}).encode()
+    declared = client.post(CDSW, input_stream=Tripwire(big), content_type="application/json")
+    assert declared.status_code == 413 and declared.json["success"] is False
+    assert "16,384 bytes" in declared.json["message"]
+    chunked = CountingBody(big)  # no Content-Length: read no further than the limit
+    response = client.post(CDSW, input_stream=chunked, content_type="application/json",
+                           headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 413 and "16,384 bytes" in response.json["message"]
+    assert chunked.consumed <= 2 * 16_384
+
+
+@pytest.mark.parametrize("path, data", [("/predict", b"[" * 100_000), ("/predict/batch", b'{"rows": ' + b"[" * 100_000),
+                                        ("/predict", b'{"feature": ' + b'{"a": ' * 50_000)])
+def test_a_deeply_nested_body_is_a_400(client, path, data):
+    response = client.post(path, data=data, headers=JSON_AUTH)
+    assert response.status_code == 400 and "nested deeper than 32 levels" in response.json["error"]
+
+
+def test_a_deeply_nested_cdsw_body_is_a_400_in_the_workshop_shape(client):
+    body = b'{"accessKey": "k", "request": ' + b"[" * 10_000
+    response = client.post(CDSW, data=body, content_type="application/json")
+    assert response.status_code == 400 and "nested deeper" in response.json["message"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"rows": [[1] * 12, [1] * 3 + [10**400] + [1] * 8]}, "row 1: sensor_3: an integer of 401 digits is not a finite"),
+    ({"rows": [[1] * 12, [1] * 3 + [1e39] + [1] * 8]}, "row 1, sensor_3: 1e+39 is beyond the model's range"),
+    ({"rows": [[1] * 12, [1] * 4 + [True] + [1] * 7]}, "row 1: sensor_4: true is not a number"),
+    ({"rows": [[1] * 12, [1] * 4 + [None] + [1] * 7]}, "row 1: sensor_4: null is not a number"),
+    ({"rows": [[1] * 12, [1] * 4 + ["1.5"] + [1] * 7]}, "row 1: sensor_4: '1.5' is not a number"),
+    ({"rows": [[1] * 12, {"sensor_0": 1}]}, "row 1: must be a list of 12 numbers, got object"),
+    ({"rows": [[1] * 12, [[1] * 12]]}, "row 1: sensor_0: [1, 1, 1"),
+    ({"rows": {"0": [1] * 12}}, "'rows' must be a non-empty list"),
+    ({"feature": HEALTHY_EXAMPLE.replace("137", "1e300")}, "sensor_3: 1e+300 is beyond the model's range"),
+])
+def test_values_the_model_cannot_score_are_a_400_naming_row_and_sensor(client, body, message):
+    path = "/predict/batch" if "rows" in body else "/predict"
+    response = client.post(path, data=json.dumps(body), headers=JSON_AUTH)
+    assert response.status_code == 400
+    assert message in response.json["error"]
+
+
+@pytest.mark.parametrize("path, data, message", [
+    ("/predict", f'{{"feature": "{HEALTHY_EXAMPLE}", "note": NaN}}', "NaN is not a JSON number"),
+    ("/predict/batch", '{"rows": [[1,1,1,1,1,1,1,1,1,1,1,1]], "weights": [Infinity]}', "Infinity is not a JSON number"),
+    ("/predict/batch", '{"rows": [[1,1,1,1,1,1,1,1,1,1,1,-Infinity]]}', "row 0, sensor_11: -inf is not a finite"),
+    ("/predict/batch", '{"rows": [[1,1,1,1,1,1,1,1,1,1,1,1e999]]}', "row 0, sensor_11: inf is not a finite"),
+])
+def test_non_finite_numbers_are_a_400_anywhere_in_the_body(client, path, data, message):
+    response = client.post(path, data=data, headers=JSON_AUTH)
+    assert response.status_code == 400 and message in response.json["error"]
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\xff\xfe\x00\x00{", "not JSON"),
+    (b'{"feature": "\xc3\x28"}', "not valid Unicode text"),
+    (b"1" * 5000, "not JSON"),
+    (b'"' + b"x" * 1_000_000 + b'"', "body must be a JSON object, got string"),
+    (b"null", "body must be a JSON object, got null"),
+])
+def test_undecodable_or_non_object_json_is_a_400(client, data, message):
+    response = client.post("/predict", data=data, headers=JSON_AUTH)
+    assert response.status_code == 400 and message in response.json["error"]
+
+
+def test_a_lone_surrogate_in_the_cdsw_key_is_a_401(client):
+    response = client.post(CDSW, data=b'{"accessKey": "\\ud800", "request": {"feature": "1"}}',
+                           content_type="application/json")
+    assert response.status_code == 401 and response.json["success"] is False
+
+
+@pytest.mark.parametrize("path, content_type", [("/predict", "text/plain"), ("/predict", ARROW_STREAM),
+                                                ("/predict/batch", "application/x-www-form-urlencoded"),
+                                                (CDSW, "multipart/form-data; boundary=x")])
+def test_a_body_that_is_not_json_by_content_type_is_a_415(client, path, content_type):
+    body = json.dumps({"accessKey": KEY, "feature": HEALTHY_EXAMPLE, "request": {"feature": HEALTHY_EXAMPLE},
+                       "rows": [[1] * 12]})
+    response = client.post(path, data=body, headers={**AUTH, "Content-Type": content_type})
+    assert response.status_code == 415
+    assert "send application/json" in (response.json.get("error") or response.json["message"])
+    untyped = client.post(path, data=body, headers=AUTH)  # no Content-Type at all: taken as JSON
+    assert untyped.status_code == 200
+
+
+@pytest.fixture()
+def small_client(model_file):
+    app = create_app({"MODEL_ACCESS_KEY": KEY, "MODEL_PATH": str(model_file), "MODEL_MAX_ROWS": 100})
+    return app.test_client()
+
+
+def test_rows_beyond_model_max_rows_are_a_413(small_client):
+    at_limit = small_client.post("/predict/batch", json={"rows": [[1] * 12] * 100}, headers=AUTH)
+    assert at_limit.status_code == 200
+    as_json = small_client.post("/predict/batch", json={"rows": [[1] * 12] * 101}, headers=AUTH)
+    assert as_json.status_code == 413 and "MODEL_MAX_ROWS" in as_json.json["error"]
+    as_arrow = small_client.post("/predict/batch", data=rows_to_ipc(np.ones((101, 12))), headers=ARROW_AUTH)
+    assert as_arrow.status_code == 413 and "MODEL_MAX_ROWS" in as_arrow.json["error"]
+
+
+def test_arrow_duplicate_columns_are_a_400(client):
+    table = pa.Table.from_arrays([pa.array(np.ones(3))] * 13, names=[*FEATURES, "sensor_3"])
+    response = client.post("/predict/batch", data=ipc(table), headers=ARROW_AUTH)
+    assert response.status_code == 400 and "repeated column name(s) 'sensor_3'" in response.json["error"]
+    assert f"send an Arrow IPC stream (Content-Type {ARROW_STREAM})" in response.json["error"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"tag": pa.array(["a", "b", "a"]).dictionary_encode()}, "'tag': dictionary<values=string"),
+    ({"tag": pa.array([[1], [2], []])}, "'tag': list<item: int64> is dictionary-encoded or nested"),
+    ({"tag": pa.array([{"a": 1}] * 3)}, "'tag': struct<a: int64> is dictionary-encoded or nested"),
+    ({"tag": pa.array(["a", "b", "c"], pa.string_view())}, "'tag': Arrow type string_view is not supported"),
+    ({"sensor_3": pa.array(["1", "2", "3"])}, "sensor_3: Arrow type string is not an integer or float type"),
+])
+def test_arrow_columns_of_unsupported_types_are_a_400(client, extra, message):
+    columns = {name: np.ones(3) for name in FEATURES} | extra
+    response = client.post("/predict/batch", data=ipc(pa.table(columns)), headers=ARROW_AUTH)
+    assert response.status_code == 400 and message in response.json["error"]
+
+
+def test_arrow_streams_of_more_than_max_batches_record_batches_are_a_413(client, monkeypatch):
+    monkeypatch.setattr(wire, "MAX_BATCHES", 5)
+    five, six = (pa.Table.from_batches(sensor_table(count).to_batches(max_chunksize=1)) for count in (5, 6))
+    assert client.post("/predict/batch", data=ipc(five), headers=ARROW_AUTH).status_code == 200
+    response = client.post("/predict/batch", data=ipc(six), headers=ARROW_AUTH)
+    assert response.status_code == 413 and "more than 5 record batches" in response.json["error"]
+
+
+def test_arrow_streams_the_server_cannot_take_are_a_400(client):
+    v4 = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(metadata_version=pa.ipc.MetadataVersion.V4)
+    with pa.ipc.new_stream(v4, sensor_table(2).schema, options=options) as writer:
+        writer.write_table(sensor_table(2))
+    for body, message in ((v4.getvalue().to_pybytes(), "IPC metadata version V4: send V5"),
+                          (ipc(sensor_table(0)), "Arrow stream has no rows"),
+                          (ipc(sensor_table(3))[:-20], "not an Arrow IPC stream pyarrow can read")):
+        response = client.post("/predict/batch", data=body, headers=ARROW_AUTH)
+        assert response.status_code == 400 and message in response.json["error"]
+
+
+@pytest.mark.parametrize("compression", [None, "zstd", "lz4"])
+def test_arrow_extra_flat_columns_are_skipped(client, compression):
+    table = sensor_table(3, {"sensor_id": np.arange(3), "note": ["a", "b", None], "none": pa.nulls(3)})
+    response = client.post("/predict/batch", data=ipc(table, compression), headers=ARROW_AUTH)
+    assert response.status_code == 200 and len(ipc_to_results(response.data)) == 3
+
+
+def test_a_zstd_arrow_bomb_is_refused_quickly_without_allocating(client):
+    zeros = pa.array(np.zeros(50_000_000, dtype=np.int8))  # numpy's memory, not Arrow's pool
+    bomb = ipc(pa.table({name: zeros for name in FEATURES}), "zstd")  # 600 MB of values
+    del zeros
+    assert len(bomb) < 100_000
+    pool = pa.default_memory_pool()
+    peak = pool.max_memory()
+    started = time.monotonic()
+    response = client.post("/predict/batch", data=bomb, headers=ARROW_AUTH)
+    assert time.monotonic() - started < 2
+    assert response.status_code == 413 and "declares at least 50,000,000 rows" in response.json["error"]
+    assert pool.max_memory() - peak < 1 << 20 and pa.total_allocated_bytes() < 1 << 20
+
+
+@pytest.mark.parametrize("before", [None, pa.nulls(100), pa.array([True] * 100), pa.array(["v"] * 100),
+                                    pa.array([b"x"] * 100, pa.large_binary()), pa.array(range(100), pa.date32()),
+                                    pa.array(range(100), pa.timestamp("ms")), pa.array([b"abc"] * 100, pa.binary(3)),
+                                    pa.array([Decimal(1)] * 100, pa.decimal128(10, 2))])
+def test_a_compressed_buffer_declaring_more_than_its_rows_need_is_a_400(client, before):
+    table = pa.table({**({} if before is None else {"before": before}), **sensor_table(100).to_pydict()})
+    body = bytearray(ipc(table, "zstd"))
+    at = body.rindex(struct.pack("<q", 800))  # the decompressed length of sensor_11's 100 float64, the last buffer
+    body[at:at + 8] = struct.pack("<q", 1 << 40)
+    started = time.monotonic()
+    response = client.post("/predict/batch", data=bytes(body), headers=ARROW_AUTH)
+    assert time.monotonic() - started < 2
+    assert response.status_code == 400  # found where the flat columns before it say sensor_11's buffers are
+    assert f"100 rows declares {(1 << 40) + 11 * 800:,} bytes" in response.json["error"]
+
+
+def test_health_is_503_while_the_model_cannot_score(client, monkeypatch):
+    def broken(rows):
+        raise RuntimeError("the forest is gone")
+
+    monkeypatch.setattr(client.application.extensions["model"].current.pipeline, "predict", broken)
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.json["status"] == "unavailable" and response.json["model_version"] == 1
+    assert "RuntimeError: the forest is gone" in response.json["error"]
+    monkeypatch.undo()
+    assert client.get("/health").json == {"status": "ok", "model_version": 1}
+
+
 def test_reload_swaps_the_model_while_requests_keep_being_answered(client, model_file):
     other = train(5, 4)
     errors: list[str] = []
@@ -183,19 +433,31 @@ def test_real_wsgi_server_on_a_free_port(served_model_file):
         wait_until(lambda: http_ok(f"{base}/health"), 60, "model server",
                    abort=lambda: "exited" if server.poll() is not None else None)
 
-        def post(feature: str, headers: dict) -> tuple[int, dict]:
-            req = urllib.request.Request(f"{base}/predict", data=json.dumps({"feature": feature}).encode(),
-                                         headers={"Content-Type": "application/json", **headers}, method="POST")
+        def call(path: str, data, headers: dict) -> tuple[int, dict]:
+            """POST `data`: bytes, or an iterable of bytes sent chunked. Kept alive, so that gunicorn skips what it
+            did not read of a refused body rather than close the connection under a client still sending it."""
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             try:
-                with urllib.request.urlopen(req, timeout=10) as response:
-                    return response.status, json.load(response)
-            except urllib.error.HTTPError as exc:
-                return exc.code, json.load(exc)
+                connection.request("POST", path, body=data, headers={"Content-Type": "application/json", **headers},
+                                   encode_chunked=not isinstance(data, bytes))
+                response = connection.getresponse()
+                return response.status, json.loads(response.read())
+            finally:
+                connection.close()
+
+        def post(feature: str, headers: dict) -> tuple[int, dict]:
+            return call("/predict", json.dumps({"feature": feature}).encode(), headers)
 
         assert post(HEALTHY_EXAMPLE, AUTH) == (200, {"result": 1})
         assert post(FAILING_EXAMPLE, AUTH) == (200, {"result": 0})
         status, body = post(FAILING_EXAMPLE, {})
         assert status == 401 and "access key" in body["error"]
+        big = json.dumps({"accessKey": KEY, "request": {"feature": HEALTHY_EXAMPLE}, "pad": "x" * (1 << 20)}).encode()
+        for data in (big, (big[at:at + 65_536] for at in range(0, len(big), 65_536))):
+            status, body = call(CDSW, data, {})
+            assert status == 413 and body["success"] is False and "16,384 bytes" in body["message"]
+        status, body = call("/predict/batch", b'{"rows": ' + b"[" * 100_000, AUTH)
+        assert status == 400 and "nested deeper" in body["error"]
     finally:
         server.terminate()
         server.wait(timeout=30)

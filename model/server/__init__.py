@@ -21,16 +21,19 @@ from model.registry import model_path
 from model.server.scoring import ModelHolder
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # ~250,000 rows as JSON, far more as Arrow
+DEFAULT_MAX_ROWS = 1_000_000  # rows per batch call: ~100 MB of float64 features
 log = logging.getLogger(__name__)
 
 
 def create_app(config: dict | None = None) -> Flask:
-    """App factory. Settings: MODEL_ACCESS_KEY (required), MODEL_PATH, MODEL_MAX_BODY_BYTES (env or `config`)."""
+    """App factory. Settings (env or `config`): MODEL_ACCESS_KEY (required), MODEL_PATH, MODEL_MAX_BODY_BYTES
+    (the config key is Flask's MAX_CONTENT_LENGTH), MODEL_MAX_ROWS."""
     app = Flask(__name__)
     app.config.from_mapping(
         MODEL_ACCESS_KEY=os.environ.get("MODEL_ACCESS_KEY", ""),
         MODEL_PATH=str(model_path()),
-        MAX_CONTENT_LENGTH=int(os.environ.get("MODEL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+        MAX_CONTENT_LENGTH=_positive_int_env("MODEL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        MODEL_MAX_ROWS=_positive_int_env("MODEL_MAX_ROWS", DEFAULT_MAX_ROWS),
     )
     app.config.update(config or {})
     if not app.config["MODEL_ACCESS_KEY"]:
@@ -52,3 +55,12 @@ def create_app(config: dict | None = None) -> Flask:
         return jsonify(error="internal error; see the server log", status=500), 500
 
     return app
+
+
+def _positive_int_env(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not (value.isascii() and value.isdigit()) or int(value) == 0:
+        raise RuntimeError(f"{name}={value!r}: must be a positive whole number")
+    return int(value)
