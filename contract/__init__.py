@@ -145,6 +145,12 @@ def _decode(payload: object, max_bytes: int) -> str:
         raise InvalidReading(None, f"not JSON: not valid Unicode text ({exc.reason} at byte {exc.start})") from None
 
 
+def nested_deeper_than(text: str, limit: int) -> bool:
+    """True if arrays and objects in the JSON `text` nest deeper than `limit` (brackets in strings do not count);
+    checked before parsing, since Python's parser recurses once per level."""
+    return text.count("[") + text.count("{") > limit and _nesting(text) > limit
+
+
 def _nesting(text: str) -> int:
     """How deep arrays and objects nest in `text`; brackets inside strings do not count. One linear pass."""
     depth = deepest = skip_to = 0
@@ -174,7 +180,7 @@ _SPECIAL = re.compile(r'["\\\[\]{}]')
 
 def _parse(payload: object, max_bytes: int, max_nesting: int) -> dict:
     text = _decode(payload, max_bytes)
-    if text.count("[") + text.count("{") > max_nesting and _nesting(text) > max_nesting:
+    if nested_deeper_than(text, max_nesting):
         raise InvalidReading(None, f"nested deeper than {max_nesting} levels of arrays or objects")
     try:
         reading = json.loads(text, object_pairs_hook=_strict_pairs)

@@ -182,11 +182,11 @@ class _RecordBatchHeader:
 
     def check_decompressed_size(self, first_buffers: list[int]) -> None:
         """StreamError if the columns whose buffers begin at `first_buffers` would decompress to more than
-        8 bytes per value plus a validity bitmap."""
+        8 bytes per value plus a validity bitmap, each padded to 64 bytes as writers may."""
         if self.meta.table(self.batch, _BATCH_COMPRESSION) is None:
             return  # uncompressed buffers are slices of the body: nothing is allocated for them
         declared = sum(self._uncompressed_size(index) for first in first_buffers for index in (first, first + 1))
-        budget = len(first_buffers) * (_VALUE_BYTES * self.rows + (self.rows + 7) // 8)
+        budget = len(first_buffers) * (_padded(_VALUE_BYTES * self.rows) + _padded((self.rows + 7) // 8))
         if declared > budget:
             raise StreamError(f"a record batch of {self.rows:,} rows declares {declared:,} bytes of decompressed "
                               f"data in its sensor columns, more than the {budget:,} they can need")
@@ -203,6 +203,11 @@ class _RecordBatchHeader:
         if declared < -1:
             raise StreamError(f"a compressed buffer declares {declared} bytes")
         return max(declared, 0)
+
+
+def _padded(size: int) -> int:
+    """`size` rounded up to Arrow's 64-byte alignment: a writer may send a buffer that long (pyarrow does)."""
+    return -(-size // 64) * 64
 
 
 class _FlatBuffer:

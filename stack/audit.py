@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from contract import ID_FIELD, TS_FIELD
+from contract import ID_FIELD, TS_FIELD, InvalidReading, parse_reading
 from sql.client import query
 from stack.config import StackConfig
 from stack.names import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
@@ -42,8 +42,9 @@ class Scope:
     until_us: int | None = None
     first_id: int | None = None
     last_id: int | None = None
-    published: int | None = None  # the simulator's count, when a run record is given
-    malformed_on_purpose: int = 0
+    published: int | None = None  # the simulator's count, when a run record is given ...
+    faults: int = 0  # ... of which malformed on purpose (its fault injection)
+    poison: int = 0  # malformed messages sent besides, on MQTT topics of the scope's machines
 
     def has_id(self, sensor_id: int) -> bool:
         return (self.first_id is None or self.first_id <= sensor_id) and (
@@ -78,7 +79,8 @@ class Counts:
     """What each stage saw of the scope's readings."""
 
     published: int | None = None
-    malformed_on_purpose: int = 0
+    faults: int = 0
+    poison: int = 0
     kafka_records: int = 0
     kafka_distinct: int = 0
     gateway_dead_letters: int = 0
@@ -105,15 +107,15 @@ def reconcile(c: Counts) -> list[Finding]:
         findings.append(Finding(True, f"{c.kafka_records - c.kafka_distinct:,} duplicate records in Kafka `iot` "
                                       "(the gateway delivers at least once; the key collapses them)"))
     if c.published is not None:
-        good = c.published - c.malformed_on_purpose
+        good = c.published - c.faults
         if c.kafka_distinct < good:
             findings.append(Finding(False, f"{good - c.kafka_distinct:,} of {good:,} good readings published are "
                                            "not in Kafka `iot`: lost between MQTT and Kafka"))
         elif c.kafka_distinct > good:
             findings.append(Finding(False, f"{c.kafka_distinct - good:,} more readings in Kafka than published"))
-        if c.gateway_dead_letters_distinct != c.malformed_on_purpose:
+        if c.gateway_dead_letters_distinct != c.faults + c.poison:
             findings.append(Finding(False, f"{c.gateway_dead_letters_distinct:,} distinct gateway dead letters, "
-                                           f"but {c.malformed_on_purpose:,} malformed messages were sent"))
+                                           f"but {c.faults + c.poison:,} malformed messages were sent"))
     if c.job_pending:
         findings.append(Finding(True, f"{c.job_pending:,} records in Kafka `iot` not yet processed by the job"))
     # A conflict shares its key with the reading that is kept: keys in Kafka must all be keys in Kudu.
@@ -163,10 +165,10 @@ def count_kafka(bootstrap: str, scope: Scope, counts: Counts) -> None:
         keys = []
         for record in _records_since(consumer, IOT_TOPIC, since_ms):
             try:
-                reading = json.loads(record.value)
-                key = (int(reading[ID_FIELD]), int(reading[TS_FIELD]))
-            except (TypeError, ValueError, KeyError):
+                reading = parse_reading(record.value)  # what the job takes for a reading, whatever the record
+            except InvalidReading:
                 continue  # not a reading: the job dead-letters it, and its dead letter is counted below
+            key = (reading[ID_FIELD], reading[TS_FIELD])
             if scope.has_id(key[0]) and scope.has_ts(key[1]):
                 keys.append(key)
         counts.kafka_records, counts.kafka_distinct = len(keys), len(set(keys))
@@ -178,17 +180,17 @@ def count_kafka(bootstrap: str, scope: Scope, counts: Counts) -> None:
 def _reason_kind(reason: str) -> str:
     """A reason without its particulars, to count alike reasons together: numbers become N, quoted values '...'."""
     general = reason.split(";", 1)[0]
-    general = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", general)
+    general = re.sub(r"'[^']*(?:'|$)|\"[^\"]*(?:\"|$)", "'...'", general)
     return re.sub(r"(?<![\w.])-?\d[\d,.]*(?:e[+-]?\d+)?", "N", general)[:100]
 
 
 def _in_scope_if_reading(value: bytes | None, scope: Scope) -> bool:
     """A job dead letter that is a reading (a conflict) counts only within the scope; others by time alone."""
     try:
-        reading = json.loads(value)
-        return scope.has_id(int(reading[ID_FIELD])) and scope.has_ts(int(reading[TS_FIELD]))
-    except (TypeError, ValueError, KeyError):
+        reading = parse_reading(value)
+    except InvalidReading:
         return True
+    return scope.has_id(reading[ID_FIELD]) and scope.has_ts(reading[TS_FIELD])
 
 
 def count_dead_letters(records: Iterator, scope: Scope, counts: Counts) -> None:
@@ -268,7 +270,7 @@ def audit(settings: dict[str, str], checkpoint: Path, scope: Scope, wait_s: floa
     """Count every stage; with `wait_s`, count again until nothing is pending or unexplained, or time is up."""
     deadline = time.monotonic() + wait_s
     while True:
-        counts = Counts(published=scope.published, malformed_on_purpose=scope.malformed_on_purpose)
+        counts = Counts(published=scope.published, faults=scope.faults, poison=scope.poison)
         count_kafka(settings["KAFKA_BOOTSTRAP"], scope, counts)
         counts.job_pending = job_pending(settings["KAFKA_BOOTSTRAP"], checkpoint)
         count_kudu(settings["SQL_HOST"], settings["SQL_PORT"], scope, counts)
@@ -283,12 +285,15 @@ def format_audit(result: AuditResult) -> str:
     since = datetime.fromtimestamp(s.since_us / 1e6, UTC).isoformat(timespec="seconds")
     ids = "" if s.first_id is None else f", sensor ids {s.first_id}..{s.last_id}"
 
-    def reasons(found: dict[str, int]) -> str:
-        return "; ".join(f"{n:,} {kind}" for kind, n in sorted(found.items(), key=lambda kv: -kv[1])) or "-"
+    def reasons(found: dict[str, int], shown: int = 4) -> str:
+        ranked = sorted(found.items(), key=lambda kv: -kv[1])
+        more = f"; and {len(ranked) - shown} more kinds" if len(ranked) > shown else ""
+        return "; ".join(f"{n:,} {kind}" for kind, n in ranked[:shown]) + more or "-"
 
     rows = [
         ("published (simulator, acknowledged by the broker)",
-         "-" if c.published is None else f"{c.published:,} ({c.malformed_on_purpose:,} malformed on purpose)"),
+         "-" if c.published is None else f"{c.published:,} ({c.faults:,} malformed on purpose; "
+                                          f"{c.poison:,} poison messages besides)"),
         ("gateway -> Kafka `iot`: readings", f"{c.kafka_distinct:,} distinct ({c.kafka_records:,} records)"),
         ("gateway -> `iot.dlq`: dead letters",
          f"{c.gateway_dead_letters_distinct:,} distinct ({c.gateway_dead_letters:,} records): "

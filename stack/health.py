@@ -106,3 +106,23 @@ class HealthReporter:
             self._thread.join(timeout=5)
         if remove and self.path:
             self.path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stack.health FILE`: exit 0 while the report in FILE is fresh and `up` (Compose healthchecks)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m stack.health", description=main.__doc__)
+    parser.add_argument("file", type=Path, help="a health file (--health-file of the gateway or the job)")
+    report = read_health(parser.parse_args(argv).file)
+    if report is None:
+        print("no health report yet")
+        return 1
+    current = report.effective()
+    waiting = f" (waiting on {current.waiting_on})" if current.waiting_on else ""
+    print(f"{current.state}{waiting}: {current.detail}")
+    return 0 if current.state == "up" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

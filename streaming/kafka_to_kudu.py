@@ -67,6 +67,7 @@ OUTPUT_SCHEMA = StructType([
 ])
 TABLE_COLUMNS = [ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL]
 DATA_LOSS_EXIT = 3
+STUCK_EXIT = 4
 UNPROCESSABLE_AFTER = 5  # failures in a row, none blaming a dependency, before a batch is dead-lettered whole
 log = logging.getLogger("streaming")
 T = TypeVar("T")
@@ -103,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-backoff-seconds", type=float, default=30.0,
                         help="longest pause between retries while a dependency is away (default 30 s)")
     parser.add_argument("--stuck-batch-seconds", type=float, default=300.0,
-                        help="a batch running this long without waiting on anything makes the job degraded")
+                        help="a batch running this long without waiting on anything makes the job degraded; "
+                             "twice as long, the job exits (exit 4) to be restarted from its checkpoint")
     parser.add_argument("--health-file", type=Path, help="where to write the job's state every 2 s")
     return parser.parse_args(argv)
 
@@ -160,12 +162,16 @@ class JobStatus:
             self.counters["conflicts"] += conflicts
             self.state, self.detail, self.waiting_on = "up", detail, None
 
+    def stuck_for(self) -> float:
+        """Seconds the running batch has run without waiting on a dependency (0 if none runs or it waits)."""
+        started = self.batch_started
+        return time.monotonic() - started if started and self.state == "up" else 0.0
+
     def assess(self) -> Health:
         with self.lock:
             counters = dict(self.counters)
-            if self.state == "up" and self.batch_started and time.monotonic() - self.batch_started > self.stuck_batch_s:
-                return Health("degraded", f"a batch has run for {time.monotonic() - self.batch_started:.0f} s",
-                              counters=counters)
+            if self.stuck_for() > self.stuck_batch_s:
+                return Health("degraded", f"a batch has run for {self.stuck_for():.0f} s", counters=counters)
             if self.state == "up" and self.idle_problem:
                 return Health("degraded", self.idle_problem[1], self.idle_problem[0], counters=counters)
             return Health(self.state, self.detail, self.waiting_on, counters=counters)
@@ -191,15 +197,18 @@ def until_done(status: JobStatus, phase: str, what: str, action: Callable[[], T]
 
     With `unprocessable_after`, that many failures in a row that blame no dependency raise BatchUnprocessable:
     a batch that cannot be processed must not stop the job for good."""
-    blameless = 0
+    blameless = failures = 0
     while True:
         try:
             result = action()
             backoff.reset()
+            if failures:
+                status.set("up", f"{what}: done after {failures} failure(s)")
             return result
         except Exception as exc:  # noqa: BLE001 - an outage or a failed write: wait and retry, never skip
             dependency = dependency_of(exc, phase)
             problem = first_line(exc)
+            failures += 1
             blameless = blameless + 1 if dependency == "spark" else 0
             if unprocessable_after and blameless >= unprocessable_after:
                 raise BatchUnprocessable(problem) from exc
@@ -373,6 +382,16 @@ def idle_problem(args: argparse.Namespace) -> tuple[str, str] | None:
 DATA_LOSS_MARKER = "Some data may have been lost because they are not available in Kafka any more"
 
 
+def exit_if_stuck(status: JobStatus, stuck_batch_s: float) -> None:
+    """A batch running twice the stuck limit with no dependency to wait on is hung: exit so that the supervisor (or
+    Compose) restarts the job, which replays the batch from its checkpoint; the replay is harmless."""
+    if status.stuck_for() > 2 * stuck_batch_s:
+        log.error("a batch has run for %.0f s without waiting on anything: exiting to be restarted from the "
+                  "checkpoint", status.stuck_for())
+        logging.shutdown()
+        os._exit(STUCK_EXIT)
+
+
 def data_was_lost(message: str) -> bool:
     """Spark's Kafka source says so, in these words, when offsets it needs were deleted (failOnDataLoss=true)."""
     return DATA_LOSS_MARKER in message
@@ -396,6 +415,7 @@ def run(spark: SparkSession, args: argparse.Namespace, access_key: str, status: 
                 status.idle_problem = idle_problem(args) if quiet else None
                 if status.counters["batches"]:
                     backoff.reset()
+                exit_if_stuck(status, args.stuck_batch_seconds)
             return 0
         except (StreamingQueryException, Exception) as exc:  # noqa: BLE001 - restart from the checkpoint
             problem = first_line(exc)

@@ -45,7 +45,7 @@ class ModelUnavailable(RuntimeError):
 
 
 class RowsRefused(ValueError):
-    """The model server refused the rows themselves (HTTP 400): retrying them as they are cannot help."""
+    """The model server refused the rows (HTTP 400, or 413 for too many): retrying them as they are cannot help."""
 
 
 def _post_with_retries(session, url: str, attempts: int, timeout_s: float, **request) -> requests.Response:
@@ -57,10 +57,10 @@ def _post_with_retries(session, url: str, attempts: int, timeout_s: float, **req
             if response.status_code == 200:
                 return response
             problem = f"HTTP {response.status_code}: {response.text[:300]}"
-            if response.status_code == 400:
-                raise RowsRefused(problem)
-            if response.status_code in (401, 413):
-                break  # retrying cannot fix the key or the size
+            if response.status_code in (400, 413):
+                raise RowsRefused(problem)  # the rows themselves, or too many at once: the caller splits them
+            if response.status_code in (401, 415):
+                break  # retrying cannot fix the key or the request's form
         except requests.RequestException as exc:
             problem = f"{type(exc).__name__}: {exc}"
         time.sleep(min(2**attempt * 0.5, 8))  # backoff between retries

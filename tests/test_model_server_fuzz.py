@@ -176,7 +176,9 @@ def scorable(table: pa.Table) -> bool:
     between 1 and MAX_ROWS rows, and any other columns flat and uniquely named."""
     if len(set(table.column_names)) < table.num_columns or not set(FEATURES) <= set(table.column_names):
         return False
-    if any(field.type in REFUSED_TYPES for field in table.schema) or not 0 < table.num_rows <= MAX_ROWS:
+    refused = [field for field in table.schema
+               if pa.types.is_dictionary(field.type) or field.type.num_fields or pa.types.is_string_view(field.type)]
+    if refused or not 0 < table.num_rows <= MAX_ROWS:
         return False
     features = [table.column(name) for name in FEATURES]
     return all(column.type in NUMERIC_TYPES and column.null_count == 0

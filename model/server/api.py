@@ -138,7 +138,7 @@ def _json_text(raw: bytes) -> str:
 def _check_nesting(text: str) -> None:
     """400 beyond contract.MAX_NESTING levels of arrays and objects: json.loads recurses once per level."""
     limit = contract.MAX_NESTING
-    if text.count("[") + text.count("{") > limit and contract._nesting(text) > limit:
+    if contract.nested_deeper_than(text, limit):
         raise BadRequest(f"body is nested deeper than {limit} levels of arrays or objects")
 
 
