@@ -132,6 +132,32 @@ def _header(text: str) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
+def route(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int) -> Outgoing:
+    """The record a message becomes: a reading for Kafka `iot`, or a dead letter with the reason. Total."""
+    received_ts = time.time_ns() // 1000
+    try:
+        reading = parse_reading(message.payload, settings.max_payload_bytes, settings.max_nesting)
+    except InvalidReading as exc:
+        return dead_letter(message, settings, connection, exc.field, str(exc), received_ts)
+    reading[GATEWAY_ID_FIELD] = settings.gateway_id
+    reading[RECEIVED_TS_FIELD] = received_ts
+    return Outgoing(settings.kafka_topic, str(reading[ID_FIELD]).encode(), json.dumps(reading).encode(), None,
+                    "produced", message.mid, message.qos, connection)
+
+
+def dead_letter(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int, field: str | None,
+                reason: str, received_ts: int | None = None) -> Outgoing:
+    """A dead letter: the original payload (up to dead_letter_max_bytes), the reason and the origin in headers."""
+    topic = message._topic.decode("utf-8", "backslashreplace")  # never raises, unlike message.topic
+    payload = bytes(message.payload or b"")
+    headers = [("reason", _header(reason)), ("field", _header(field or "")), ("mqtt_topic", _header(topic)),
+               ("gateway_id", _header(settings.gateway_id)),
+               ("received_ts", str(received_ts or time.time_ns() // 1000).encode()),
+               ("payload_bytes", str(len(payload)).encode())]
+    return Outgoing(settings.dead_letter_topic, _header(topic), payload[: settings.dead_letter_max_bytes], headers,
+                    "dead_lettered", message.mid, message.qos, connection)
+
+
 class GatewayWorker:
     def __init__(self, settings: GatewaySettings, index: int, on_ready: Callable[[], None] = lambda: None):
         self.settings = settings
@@ -222,37 +248,14 @@ class GatewayWorker:
                 self._on_pong(message)
                 return
             self.counters.add("received")
-            self.outbox.put(self._route(message))
+            self.outbox.put(route(message, self.settings, self._connection))
         except Exception as exc:  # noqa: BLE001 - a bug must not kill paho's thread; keep the message instead
             log.exception("%s: unexpected error on a message; dead-lettering it", self.client_id)
             try:
-                self.outbox.put(self._dead_letter(message, None, f"gateway error: {clip(repr(exc), 300)}"))
+                self.outbox.put(dead_letter(message, self.settings, self._connection, None,
+                                            f"gateway error: {clip(repr(exc), 300)}"))
             except Exception:  # noqa: BLE001 - not even that: leave it unacknowledged, the broker keeps it
                 self._fail("cannot route a message; restarting so that the broker delivers it again")
-
-    def _route(self, message: mqtt.MQTTMessage) -> Outgoing:
-        """The record a message becomes: a reading for Kafka `iot`, or a dead letter with the reason."""
-        received_ts = time.time_ns() // 1000
-        try:
-            reading = parse_reading(message.payload, self.settings.max_payload_bytes, self.settings.max_nesting)
-        except InvalidReading as exc:
-            return self._dead_letter(message, exc.field, str(exc), received_ts)
-        reading[GATEWAY_ID_FIELD] = self.settings.gateway_id
-        reading[RECEIVED_TS_FIELD] = received_ts
-        return Outgoing(self.settings.kafka_topic, str(reading[ID_FIELD]).encode(), json.dumps(reading).encode(),
-                        None, "produced", message.mid, message.qos, self._connection)
-
-    def _dead_letter(self, message: mqtt.MQTTMessage, field: str | None, reason: str,
-                     received_ts: int | None = None) -> Outgoing:
-        topic = message._topic.decode("utf-8", "backslashreplace")  # never raises, unlike message.topic
-        payload = bytes(message.payload or b"")
-        headers = [("reason", _header(reason)), ("field", _header(field or "")), ("mqtt_topic", _header(topic)),
-                   ("gateway_id", _header(self.settings.gateway_id)),
-                   ("received_ts", str(received_ts or time.time_ns() // 1000).encode()),
-                   ("payload_bytes", str(len(payload)).encode())]
-        return Outgoing(self.settings.dead_letter_topic, _header(topic),
-                        payload[: self.settings.dead_letter_max_bytes], headers, "dead_lettered",
-                        message.mid, message.qos, self._connection)
 
     def _on_pong(self, message: mqtt.MQTTMessage) -> None:
         self._ping_sent = None

@@ -155,7 +155,7 @@ def check_records(batch: pd.DataFrame, tracker: KeyTracker, max_bytes: int, max_
     return good, dead
 
 
-def _scored_frame(good: list[dict], verdicts: np.ndarray, refused: dict[int, str]) -> tuple[pd.DataFrame, list]:
+def scored_frame(good: list[dict], verdicts: np.ndarray, refused: dict[int, str]) -> tuple[pd.DataFrame, list]:
     frame = pd.DataFrame.from_records(good, columns=[ID_FIELD, TS_FIELD, *SENSOR_FIELDS, "value", "partition",
                                                      "offset", "conflict"])
     frame[LABEL] = verdicts
@@ -182,7 +182,7 @@ def check_and_score(batches: Iterator[pd.DataFrame], model_url: str, access_key:
                 features = np.array([[r[name] for name in SENSOR_FIELDS] for r in good], dtype=np.float64)
                 verdicts, refused = score_or_refuse(score, features, model_url=model_url, access_key=access_key,
                                                     session=session)
-                frame, refused_rows = _scored_frame(good, verdicts, refused)
+                frame, refused_rows = scored_frame(good, verdicts, refused)
                 out.append(frame)
                 dead += refused_rows
             if dead:

@@ -135,11 +135,12 @@ class Pipeline:
             client.disconnect()
             client.loop_stop()
 
-    def produce(self, records: list[tuple[bytes | None, bytes | None]]) -> list[tuple[int, int]]:
-        """Produce (key, value) records straight into Kafka `iot`, bypassing the gateway: their (partition, offset)."""
+    def produce(self, records: list[tuple[bytes | None, bytes | None]],
+                topic: str = IOT_TOPIC) -> list[tuple[int, int]]:
+        """Produce (key, value) records straight into Kafka, bypassing the gateway: their (partition, offset)."""
         producer = KafkaProducer(bootstrap_servers=self.cfg.kafka_bootstrap, acks="all")
         try:
-            futures = [producer.send(IOT_TOPIC, key=key, value=value) for key, value in records]
+            futures = [producer.send(topic, key=key, value=value) for key, value in records]
             return [(meta.partition, meta.offset) for meta in (future.get(timeout=30) for future in futures)]
         finally:
             producer.close()
@@ -179,7 +180,7 @@ class Pipeline:
         wait_until(lambda: self.rows(where) >= expected, timeout_s, f"{expected} rows where {where}")
         return self.rows(where)
 
-    def start_job(self, name: str, *options: str) -> subprocess.Popen:
+    def start_job(self, name: str, *options: str, wait_up: bool = True) -> subprocess.Popen:
         """A streaming job of the test's own (`python -m streaming`, its own checkpoint), once it is up."""
         health = self.workdir / f"{name}.health"
         log = (self.workdir / f"{name}.log").open("a")
@@ -188,8 +189,9 @@ class Pipeline:
                                env={**os.environ, **self.settings()}, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
         log.close()
-        wait_until(lambda: is_up(health), 300, f"streaming job {name}",
-                   abort=lambda: f"exited; see {log.name}" if job.poll() is not None else None)
+        if wait_up:
+            wait_until(lambda: is_up(health), 300, f"streaming job {name}",
+                       abort=lambda: f"exited; see {log.name}" if job.poll() is not None else None)
         return job
 
     @staticmethod

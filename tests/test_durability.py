@@ -1,0 +1,74 @@
+"""Durability the job can state: a different reading under a stored key is kept aside, never written over, while
+an identical replay is harmless; and offsets deleted by Kafka's retention stop the job loudly, by default."""
+
+from __future__ import annotations
+
+import pytest
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from sql.client import query
+from stack.names import DEAD_LETTER_TOPIC
+from stack.probes import wait_until
+from tests.poison import reading
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+
+def header(record, name: str) -> str:
+    return dict(record.headers).get(name, b"").decode()
+
+
+def test_a_different_reading_under_a_stored_key_is_dead_lettered_and_a_replay_is_harmless(pipeline):
+    machine, ts = 1_300_000, 1_700_000_000_000_000
+    stored, different = reading(sensor_id=machine, sensor_ts=ts), reading(sensor_id=machine, sensor_ts=ts, sensor_3=7.5)
+    key = str(machine).encode()
+    job = pipeline.start_job("conflict-job")
+    try:
+        pipeline.produce([(key, stored)])
+        assert pipeline.wait_for_rows(f"sensor_id = {machine}", 1) == 1
+        dlq = pipeline.end_offsets(DEAD_LETTER_TOPIC)
+        pipeline.produce([(key, different), (key, stored), (key, stored)])
+        pipeline.produce([(key, reading(sensor_id=machine, sensor_ts=ts + 1))])  # a later reading: the batch is done
+        assert pipeline.wait_for_rows(f"sensor_id = {machine}", 2) == 2
+        dead = pipeline.records_after(dlq, lambda r: r.value in (different, stored), expected=1)
+    finally:
+        pipeline.stop(job)
+    assert [r.value for r in dead] == [different]
+    assert header(dead[0], "kind") == "conflict"
+    assert header(dead[0], "reason") == (
+        f"conflict: a different reading under this key (sensor_id={machine}, sensor_ts={ts}) is stored in Kudu and "
+        "is kept; sensor_3: 2.0 kept, 7.5 here")
+    assert query(f"select sensor_3 from sensors where sensor_id = {machine} and sensor_ts = "
+                 f"cast('2023-11-14 22:13:20' as timestamp)", pipeline.cfg.host, pipeline.cfg.sql_port) == [(2.0,)]
+
+
+def test_offsets_deleted_by_retention_stop_the_job_unless_told_to_go_on(pipeline):
+    topic, machine = "iot.retention-test", 1_300_001
+    admin = KafkaAdminClient(bootstrap_servers=pipeline.cfg.kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1)])
+    key = str(machine).encode()
+    options = ("--topic", topic)
+    try:
+        pipeline.produce([(key, reading(sensor_id=machine, sensor_ts=1_700_000_000_000_000 + i)) for i in range(10)],
+                         topic)
+        job = pipeline.start_job("retention-job", *options)
+        assert pipeline.wait_for_rows(f"sensor_id = {machine}", 10) == 10
+        pipeline.stop(job)
+        pipeline.produce([(key, reading(sensor_id=machine, sensor_ts=1_700_000_000_000_010 + i)) for i in range(10)],
+                         topic)
+        admin.delete_records({TopicPartition(topic, 0): 15})  # what retention does to unread offsets 10..14
+
+        job = pipeline.start_job("retention-job", *options, wait_up=False)
+        assert job.wait(timeout=600) == 3
+        log = (pipeline.workdir / "retention-job.log").read_text()
+        assert "Stopping rather than skipping data" in log and "--no-fail-on-data-loss" in log
+
+        job = pipeline.start_job("retention-job", *options, "--no-fail-on-data-loss")
+        try:
+            wait_until(lambda: pipeline.rows(f"sensor_id = {machine}") == 15, 300, "the 5 readings left")
+        finally:
+            pipeline.stop(job)
+    finally:
+        admin.delete_topics([topic])
+        admin.close()
