@@ -66,6 +66,20 @@ def test_every_service_has_a_healthcheck_or_says_why_not():
     assert not missing
 
 
+def test_every_long_running_service_is_restarted_unless_stopped():
+    one_shots = {name for name, service in SERVICES.items() if service.get("restart") == "no"}
+    assert one_shots == {"kafka-topics", "sql-init", "model-train"}
+    for name in SERVICES.keys() - one_shots:
+        assert SERVICES[name].get("restart") == "unless-stopped", name
+
+
+def test_the_gateway_and_the_job_are_healthy_by_the_signal_make_status_reads():
+    for name in ("gateway", "streaming"):
+        command = SERVICES[name]["command"]
+        health_file = command[command.index("--health-file") + 1]
+        assert SERVICES[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "stack.health", health_file]
+
+
 def test_start_order_waits_for_health_or_completion():
     for name, service in SERVICES.items():
         for dependency, condition in (service.get("depends_on") or {}).items():
