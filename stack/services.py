@@ -127,7 +127,10 @@ class Mosquitto(Service):
             f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {self.data_dir}/\n"
-            "autosave_interval 5\n"
+            # Mosquitto 2.0 keeps messages in memory and rewrites its whole database every autosave_interval + 1 s;
+            # a kill -9 loses what it acknowledged since (measured: at most 2 s of messages with 1). No 2.0
+            # setting does better; saving on every change collapses throughput (README, "Durability").
+            "autosave_interval 1\n"
             f"max_queued_messages {self.cfg.mqtt_max_queued_messages}\n"
             f"max_inflight_messages {self.cfg.mqtt_max_inflight_messages}\n"
             "log_dest stdout\n"

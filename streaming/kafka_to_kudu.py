@@ -206,6 +206,8 @@ def until_done(status: JobStatus, phase: str, what: str, action: Callable[[], T]
                 status.set("up", f"{what}: done after {failures} failure(s)")
             return result
         except Exception as exc:  # noqa: BLE001 - an outage or a failed write: wait and retry, never skip
+            if data_was_lost(str(exc)):
+                raise  # not an outage: the query must fail, and the job stop loudly (see run())
             dependency = dependency_of(exc, phase)
             problem = first_line(exc)
             failures += 1
