@@ -269,10 +269,24 @@ def against_stored(spark: SparkSession, scored: DataFrame, summary: Summary, arg
         f"conflict: a different reading under this key ({ID_FIELD}=%d, {TS_FIELD}=%d) is stored in Kudu and is "
         "kept; %s", F.col(ID_FIELD), F.expr(f"unix_micros({TS_FIELD})"), changes)
     new = F.col("stored").isNull()
-    return (scored.where("kind = 'scored'").join(stored, [ID_FIELD, TS_FIELD], "left")
+    # Broadcast: what is stored under a batch's keys is usually nothing (a replay: one batch), and Spark cannot size
+    # a Kudu scan, so it would otherwise shuffle the whole batch for a sort-merge join.
+    return (scored.where("kind = 'scored'").join(F.broadcast(stored), [ID_FIELD, TS_FIELD], "left")
             .withColumn("status", F.when(new & F.col("conflict").isNull(), "new")
                         .when(new | differs, "conflict").otherwise("same"))
             .withColumn("reason", F.when(new, F.col("conflict")).otherwise(stored_conflict)))
+
+
+def classify(spark: SparkSession, scored: DataFrame, summary: Summary, args: argparse.Namespace
+             ) -> tuple[DataFrame, dict[str, int]]:
+    """The batch compared with Kudu (cached), and its count by status. Each call scans Kudu afresh: a retry must not
+    reuse a plan made while a tablet server was away (its scan kept failing after the server was back)."""
+    classified = against_stored(spark, scored, summary, args).persist()
+    try:
+        return classified, dict(classified.groupBy("status").count().collect())
+    except Exception:
+        classified.unpersist()
+        raise
 
 
 def write_kudu(rows: DataFrame, args: argparse.Namespace) -> None:
@@ -324,9 +338,8 @@ def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
                                                          F.lit("invalid").alias("dead_kind"))
             counts = {}
             if summary.scored:
-                classified = against_stored(spark, scored, summary, args).persist()
-                counts = until_done(status, "kudu", f"batch {batch_id}: comparing with Kudu",
-                                    lambda: dict(classified.groupBy("status").count().collect()), backoff)
+                classified, counts = until_done(status, "kudu", f"batch {batch_id}: comparing with Kudu",
+                                                lambda: classify(spark, scored, summary, args), backoff)
                 if counts.get("new"):
                     until_done(status, "kudu", f"batch {batch_id}: writing to Kudu",
                                lambda: write_kudu(classified.where("status = 'new'"), args), backoff)

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
 from contract import SENSOR_FIELDS
 from model.data import load_history
 from model.registry import load_served_model
-from streaming.scoring import ModelUnavailable, check_and_score, score_batch
+from streaming.scoring import ModelUnavailable, check_and_score, score_batch, score_or_refuse
 
 pytestmark = pytest.mark.stack
 
@@ -34,7 +35,8 @@ def test_both_scorings_give_the_model_verdicts_and_dead_letter_the_rest(model_se
     url, key = model_server
     payloads, features = readings(200)
     bad = b'{"sensor_id": 7, "sensor_ts": 1700000000000000, "sensor_0": "hot"}'
-    batch = pd.DataFrame({"value": [*payloads[:100], bad, *payloads[100:]]})
+    values = [*payloads[:100], bad, *payloads[100:]]
+    batch = pd.DataFrame({"value": values, "partition": 0, "offset": range(len(values))})
 
     (out,) = list(check_and_score(iter([batch]), url, key, scoring))
 
@@ -53,3 +55,13 @@ def test_a_wrong_key_fails_the_batch_instead_of_skipping_it(model_server):
     url, _ = model_server
     with pytest.raises(ModelUnavailable, match="HTTP 401"):
         score_batch(np.zeros((3, 12)), url, "not-the-key", attempts=2)
+
+
+def test_a_row_the_model_server_refuses_costs_only_itself_its_verdict(model_server):
+    url, key = model_server
+    _, features = readings(8)
+    features[5, 3] = 1e39  # beyond float32: the server refuses the row (HTTP 400); the contract never lets it by
+    with requests.Session() as session:
+        verdicts, refused = score_or_refuse(score_batch, features, model_url=url, access_key=key, session=session)
+    assert list(refused) == [5] and "refused the row" in refused[5]
+    assert set(verdicts[[0, 1, 2, 3, 4, 6, 7]]) <= {0, 1}

@@ -92,7 +92,7 @@ def test_readings_published_on_mqtt_are_scored_into_kudu_exactly_once(local_stac
     assert degrading and mostly_flagged == degrading
 
     def from_the_job(record) -> bool:
-        return b"yesterday" in record.value
+        return record.value is not None and b"yesterday" in record.value
 
     dead = read_from(cfg.kafka_bootstrap, dlq_start, from_the_job, expected=1, timeout_s=60)
     assert dead and dict(dead[0].headers)["reason"] == b"sensor_ts: must be an integer, got str 'yesterday'"
