@@ -5,11 +5,12 @@ Usage:
     python -m streaming [options]        # prints and runs that exact spark-submit command
 
 Each micro-batch: read Kafka (from the earliest offset on the first run), check each record against the data
-contract, score the valid ones in one Arrow call per partition to the model server's batch endpoint, compare
-them with what Kudu already holds under their keys, insert the new ones, and send the rest to the dead-letter
-topic with the reason: records that are not readings, and conflicts (a different reading under a key that is
-already stored; the stored one is kept). A replayed batch (after a crash) finds its own rows and writes nothing
-twice. Kafka offsets live in the checkpoint.
+contract, score the valid ones in one Arrow call per partition to the model server's batch endpoint, INSERT
+them into Kudu, and send the rest to the dead-letter topic with the reason: records that are not readings, and
+conflicts (a different reading under a key that is already stored; the stored one is kept). Only when the INSERT
+finds a key already stored (a replay after a crash, or a conflict) is the batch compared with what Kudu holds
+under its keys: a replayed batch finds its own rows and writes nothing twice. Kafka offsets live in the
+checkpoint.
 
 Nothing stops the job for longer than an outage: while the model server, Kudu or Kafka is away, the batch waits
 with capped backoff and retries (rows already scored are not scored again while Kudu is away) and the health
@@ -192,11 +193,12 @@ class BatchUnprocessable(RuntimeError):
 
 
 def until_done(status: JobStatus, phase: str, what: str, action: Callable[[], T], backoff: Backoff,
-               unprocessable_after: int | None = None) -> T:
+               passthrough: type[Exception] | None = None, unprocessable_after: int | None = None) -> T:
     """Run `action` until it succeeds, waiting with capped backoff while its dependency is away.
 
-    With `unprocessable_after`, that many failures in a row that blame no dependency raise BatchUnprocessable:
-    a batch that cannot be processed must not stop the job for good."""
+    `passthrough`: an exception that is an answer, not a failure (it is raised at once). With
+    `unprocessable_after`, that many failures in a row that blame no dependency raise BatchUnprocessable: a batch
+    that cannot be processed must not stop the job for good."""
     blameless = failures = 0
     while True:
         try:
@@ -206,6 +208,8 @@ def until_done(status: JobStatus, phase: str, what: str, action: Callable[[], T]
                 status.set("up", f"{what}: done after {failures} failure(s)")
             return result
         except Exception as exc:  # noqa: BLE001 - an outage or a failed write: wait and retry, never skip
+            if passthrough and isinstance(exc, passthrough):
+                raise
             if data_was_lost(str(exc)):
                 raise  # not an outage: the query must fail, and the job stop loudly (see run())
             dependency = dependency_of(exc, phase)
@@ -235,6 +239,7 @@ def first_line(exc: BaseException) -> str:
 class Summary:
     scored: int
     dead: int
+    batch_conflicts: int  # scored readings marked as conflicts within the batch
     ids: list[int]
     ts_min: object
     ts_max: object
@@ -242,26 +247,41 @@ class Summary:
 
 def summarize(scored: DataFrame) -> Summary:
     """One Spark job reads, checks and scores the batch (then cached); counts and the keys' extent come back."""
-    by_kind = {kind: (count, ids, low, high) for kind, count, ids, low, high in
-               scored.groupBy("kind").agg(F.count("*"), F.collect_set(ID_FIELD), F.min(TS_FIELD), F.max(TS_FIELD))
-               .collect()}
-    rows, ids, low, high = by_kind.get("scored", (0, [], None, None))
-    return Summary(rows, by_kind.get("dead", (0,))[0], sorted(ids), low, high)
+    by_kind = {kind: (count, conflicts, ids, low, high) for kind, count, conflicts, ids, low, high in
+               scored.groupBy("kind").agg(F.count("*"), F.count("conflict"), F.collect_set(ID_FIELD),
+                                          F.min(TS_FIELD), F.max(TS_FIELD)).collect()}
+    rows, conflicts, ids, low, high = by_kind.get("scored", (0, 0, [], None, None))
+    return Summary(rows, by_kind.get("dead", (0,))[0], conflicts, sorted(ids), low, high)
+
+
+STORED_COLUMNS = [ID_FIELD, TS_FIELD, *SENSOR_FIELDS]
+
+
+def stored_rows(spark: SparkSession, summary: Summary, args: argparse.Namespace) -> list:
+    """What Kudu holds under the batch's keys (the scan is bounded by its machines and time span, both pushed down
+    to Kudu): nothing, unless this batch is a replay or brings conflicts. A fresh scan at each call: a retry must
+    not reuse a plan made while a tablet server was away (one kept failing after the server was back)."""
+    return (spark.read.format("kudu").option("kudu.master", args.kudu_master).option("kudu.table", args.kudu_table)
+            .load()
+            .where(F.col(ID_FIELD).isin(summary.ids) & F.col(TS_FIELD).between(summary.ts_min, summary.ts_max))
+            .select(*STORED_COLUMNS).collect())
 
 
 def _differs(name: str) -> Column:
     return ~F.col(name).eqNullSafe(F.col(f"stored_{name}"))
 
 
-def against_stored(spark: SparkSession, scored: DataFrame, summary: Summary, args: argparse.Namespace) -> DataFrame:
-    """The batch's readings, each marked `same` (exactly this reading is stored: a replay), `conflict` (a
-    different reading is stored under its key, or came earlier in the batch), or `new`; with the conflict's
-    reason."""
-    stored = (spark.read.format("kudu").option("kudu.master", args.kudu_master).option("kudu.table", args.kudu_table)
-              .load()
-              .where(F.col(ID_FIELD).isin(summary.ids) & F.col(TS_FIELD).between(summary.ts_min, summary.ts_max))
-              .select(ID_FIELD, TS_FIELD, F.lit(True).alias("stored"),
-                      *[F.col(name).alias(f"stored_{name}") for name in SENSOR_FIELDS]))
+def classify(spark: SparkSession, scored: DataFrame, stored: list) -> DataFrame:
+    """The batch's readings, each marked `new`, `conflict` (a different reading is stored under its key, or came
+    earlier in the batch; with the reason) or `same` (exactly this reading is stored: a replay)."""
+    readings = scored.where("kind = 'scored'")
+    if not stored:  # the usual case: nothing to compare with
+        return (readings.withColumn("status", F.when(F.col("conflict").isNull(), "new").otherwise("conflict"))
+                .withColumn("reason", F.col("conflict")))
+    schema = StructType([field for field in OUTPUT_SCHEMA.fields if field.name in STORED_COLUMNS])
+    known = spark.createDataFrame(stored, schema).select(
+        ID_FIELD, TS_FIELD, F.lit(True).alias("stored"),
+        *[F.col(name).alias(f"stored_{name}") for name in SENSOR_FIELDS])
     differs = reduce(lambda a, b: a | b, [_differs(name) for name in SENSOR_FIELDS])
     changes = F.concat_ws("; ", *[F.when(_differs(name), F.format_string(
         f"{name}: %s kept, %s here", F.col(f"stored_{name}"), F.col(name))) for name in SENSOR_FIELDS])
@@ -269,31 +289,70 @@ def against_stored(spark: SparkSession, scored: DataFrame, summary: Summary, arg
         f"conflict: a different reading under this key ({ID_FIELD}=%d, {TS_FIELD}=%d) is stored in Kudu and is "
         "kept; %s", F.col(ID_FIELD), F.expr(f"unix_micros({TS_FIELD})"), changes)
     new = F.col("stored").isNull()
-    # Broadcast: what is stored under a batch's keys is usually nothing (a replay: one batch), and Spark cannot size
-    # a Kudu scan, so it would otherwise shuffle the whole batch for a sort-merge join.
-    return (scored.where("kind = 'scored'").join(F.broadcast(stored), [ID_FIELD, TS_FIELD], "left")
+    return (readings.join(F.broadcast(known), [ID_FIELD, TS_FIELD], "left")
             .withColumn("status", F.when(new & F.col("conflict").isNull(), "new")
                         .when(new | differs, "conflict").otherwise("same"))
             .withColumn("reason", F.when(new, F.col("conflict")).otherwise(stored_conflict)))
 
 
-def classify(spark: SparkSession, scored: DataFrame, summary: Summary, args: argparse.Namespace
-             ) -> tuple[DataFrame, dict[str, int]]:
-    """The batch compared with Kudu (cached), and its count by status. Each call scans Kudu afresh: a retry must not
-    reuse a plan made while a tablet server was away (its scan kept failing after the server was back)."""
-    classified = against_stored(spark, scored, summary, args).persist()
+class KeysAlreadyStored(RuntimeError):
+    """A plain INSERT found keys already in Kudu (a replay, or conflicts): the batch is compared with Kudu."""
+
+
+KEY_PRESENT = "Already present: key already present"  # Kudu's row error for an INSERT of an existing key
+
+
+def insert(rows: DataFrame, args: argparse.Namespace) -> None:
+    """INSERT, which fails on a key already present (after writing the others): KeysAlreadyStored then."""
     try:
-        return classified, dict(classified.groupBy("status").count().collect())
-    except Exception:
-        classified.unpersist()
+        write_kudu(rows, args, "insert")
+    except Exception as exc:
+        if KEY_PRESENT in str(exc):
+            raise KeysAlreadyStored(first_line(exc)) from None
         raise
 
 
-def write_kudu(rows: DataFrame, args: argparse.Namespace) -> None:
-    # insert-ignore, not upsert: a row already stored is never overwritten (conflicts were set aside above).
+def write_readings(spark: SparkSession, scored: DataFrame, summary: Summary, args: argparse.Namespace,
+                   status: JobStatus, backoff: Backoff, batch_id: int) -> tuple[DataFrame, dict[str, int]]:
+    """Write the batch's new readings to Kudu, never over a stored row; the readings marked, and counts by mark.
+
+    The usual batch holds only new keys: one INSERT writes it, no scan needed. If a key is already stored (a
+    replay after a crash, or a conflict), the INSERT has written the rest and says so; the batch is then compared
+    with what Kudu holds under its keys (our own rows just written included: they are `same`), and the new ones
+    are written with insert-ignore."""
+    classified = classify(spark, scored, [])
+    try:
+        if summary.scored > summary.batch_conflicts:
+            until_done(status, "kudu", f"batch {batch_id}: writing to Kudu",
+                       lambda: insert(classified.where("status = 'new'"), args), backoff, KeysAlreadyStored)
+        return classified, {"new": summary.scored - summary.batch_conflicts, "conflict": summary.batch_conflicts}
+    except KeysAlreadyStored:
+        log.info("batch %d: keys already stored (a replay or conflicts): comparing the batch with Kudu", batch_id)
+    stored = until_done(status, "kudu", f"batch {batch_id}: comparing with Kudu",
+                        lambda: stored_rows(spark, summary, args), backoff)
+    classified = classify(spark, scored, stored).persist()
+    counts = dict(classified.groupBy("status").count().collect())
+    if counts.get("new"):
+        until_done(status, "kudu", f"batch {batch_id}: writing to Kudu",
+                   lambda: write_kudu(classified.where("status = 'new'"), args, "insert-ignore"), backoff)
+    return classified, counts
+
+
+def conflicts_with_originals(classified: DataFrame, batch: DataFrame) -> DataFrame:
+    """The conflicts as dead letters, with their original Kafka records (rare: read again from the batch, so that
+    the scored rows need not carry their records in the cache)."""
+    originals = batch.select("value", "partition", "offset")
+    return (classified.where("status = 'conflict'").select("partition", "offset", "reason")
+            .join(originals, ["partition", "offset"])
+            .select("value", "reason", F.lit("").alias("field"), "partition", "offset",
+                    F.lit("conflict").alias("dead_kind")))
+
+
+def write_kudu(rows: DataFrame, args: argparse.Namespace, operation: str) -> None:
+    """Write rows with `operation`: insert or insert-ignore, never upsert: a stored row is never overwritten."""
     (rows.select(*TABLE_COLUMNS).write.format("kudu")
      .option("kudu.master", args.kudu_master).option("kudu.table", args.kudu_table)
-     .option("kudu.operation", "insert-ignore").mode("append").save())
+     .option("kudu.operation", operation).mode("append").save())
 
 
 def write_dead_letters(dead: DataFrame, args: argparse.Namespace, kafka: dict[str, str]) -> None:
@@ -329,7 +388,8 @@ def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
         try:
             try:
                 summary = until_done(status, "score", f"batch {batch_id}: reading and scoring",
-                                     lambda: summarize(scored), backoff, UNPROCESSABLE_AFTER)
+                                     lambda: summarize(scored), backoff,
+                                     unprocessable_after=UNPROCESSABLE_AFTER)
             except BatchUnprocessable as exc:
                 dead_letter_whole_batch(batch, batch_id, str(exc), args, dead_letter_kafka, status, backoff)
                 return
@@ -338,15 +398,9 @@ def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
                                                          F.lit("invalid").alias("dead_kind"))
             counts = {}
             if summary.scored:
-                classified, counts = until_done(status, "kudu", f"batch {batch_id}: comparing with Kudu",
-                                                lambda: classify(spark, scored, summary, args), backoff)
-                if counts.get("new"):
-                    until_done(status, "kudu", f"batch {batch_id}: writing to Kudu",
-                               lambda: write_kudu(classified.where("status = 'new'"), args), backoff)
+                classified, counts = write_readings(spark, scored, summary, args, status, backoff, batch_id)
                 if counts.get("conflict"):
-                    dead = dead.unionByName(classified.where("status = 'conflict'").select(
-                        "value", "reason", F.lit("").alias("field"), "partition", "offset",
-                        F.lit("conflict").alias("dead_kind")))
+                    dead = dead.unionByName(conflicts_with_originals(classified, batch))
             if summary.dead or counts.get("conflict"):
                 until_done(status, "kafka", f"batch {batch_id}: writing dead letters",
                            lambda: write_dead_letters(dead, args, dead_letter_kafka), backoff)

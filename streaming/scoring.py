@@ -156,6 +156,8 @@ def check_records(batch: pd.DataFrame, tracker: KeyTracker, max_bytes: int, max_
 
 
 def scored_frame(good: list[dict], verdicts: np.ndarray, refused: dict[int, str]) -> tuple[pd.DataFrame, list]:
+    """The scored readings as rows of the job's schema, and the rows the model server refused as dead letters.
+    Scored rows do not carry their Kafka record (the job finds it again by partition and offset if it needs it)."""
     frame = pd.DataFrame.from_records(good, columns=[ID_FIELD, TS_FIELD, *SENSOR_FIELDS, "value", "partition",
                                                      "offset", "conflict"])
     frame[LABEL] = verdicts
@@ -163,7 +165,7 @@ def scored_frame(good: list[dict], verdicts: np.ndarray, refused: dict[int, str]
     frame = frame.drop(index=list(refused)) if refused else frame
     frame[TS_FIELD] = pd.to_datetime(frame[TS_FIELD], unit="us")
     frame[ID_FIELD] = frame[ID_FIELD].astype(np.int32)
-    frame["kind"], frame["reason"], frame["field"] = "scored", None, None
+    frame["kind"], frame["reason"], frame["field"], frame["value"] = "scored", None, None, None
     return frame, dead
 
 
