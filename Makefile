@@ -28,7 +28,7 @@ demo: up ## set up, start everything, run the simulator and watch readings arriv
 test: setup ## run the whole test suite against real services (started by the tests themselves)
 	@$(PY) -m pytest -v
 
-drills: setup ## every fault drill (kill -9 of each process, outages, poison), with a results table (~30 min)
+drills: setup ## every fault drill (kill -9 of each process, outages, poison), with a results table (~15 min)
 	@DRILL_RESULTS=$${DRILL_RESULTS:-.stack/drills.json} $(PY) -m pytest -v -m drill tests/test_drills.py
 
 train: setup ## lab 2: train the workshop's first model (20 trees, depth 20) as an MLflow run

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -425,10 +426,13 @@ class GatewayWorker:
                     next_metrics = now + self.settings.metrics_interval_s
                 self._check_liveness(now)
         finally:
-            self.producer.flush(timeout=60)  # every record acknowledged by Kafka is acknowledged over MQTT ...
-            self.mqtt.disconnect()  # ... before the DISCONNECT, which paho sends after them
+            # Every record Kafka takes in time is acknowledged over MQTT before the DISCONNECT, which paho sends
+            # after them; what Kafka has not taken (it may be away) stays with the broker for our next session.
+            with contextlib.suppress(KafkaTimeoutError):
+                self.producer.flush(timeout=20)
+            self.mqtt.disconnect()
             self.mqtt.loop_stop()
-            self.producer.close(timeout=10)
+            self.producer.close(timeout=5)
             log.info("%s: stopped: %s", self.client_id, self.counters.line()[0])
 
     def _check_liveness(self, now: float) -> None:

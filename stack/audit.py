@@ -30,7 +30,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from contract import ID_FIELD, TS_FIELD, InvalidReading, parse_reading
 from sql.client import query
-from stack.config import StackConfig
+from stack.health import read_health
 from stack.names import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
 
 
@@ -92,6 +92,7 @@ class Counts:
     job_reasons: dict[str, int] = field(default_factory=dict)
     kudu_rows: int = 0
     kudu_distinct: int = 0
+    gateway_process: dict[str, float] = field(default_factory=dict)  # its own counters since it started
 
 
 @dataclass(frozen=True)
@@ -266,11 +267,15 @@ class AuditResult:
                 "findings": [asdict(f) for f in self.findings]}
 
 
-def audit(settings: dict[str, str], checkpoint: Path, scope: Scope, wait_s: float = 0.0) -> AuditResult:
-    """Count every stage; with `wait_s`, count again until nothing is pending or unexplained, or time is up."""
+def audit(settings: dict[str, str], checkpoint: Path, scope: Scope, wait_s: float = 0.0,
+          gateway_health: Path | None = None) -> AuditResult:
+    """Count every stage; with `wait_s`, count again until nothing is pending or unexplained, or time is up.
+    `gateway_health`: the gateway's health file, whose counters (since its start) are shown beside."""
     deadline = time.monotonic() + wait_s
     while True:
-        counts = Counts(published=scope.published, faults=scope.faults, poison=scope.poison)
+        report = read_health(gateway_health) if gateway_health else None
+        counts = Counts(published=scope.published, faults=scope.faults, poison=scope.poison,
+                        gateway_process=report.counters if report else {})
         count_kafka(settings["KAFKA_BOOTSTRAP"], scope, counts)
         counts.job_pending = job_pending(settings["KAFKA_BOOTSTRAP"], checkpoint)
         count_kudu(settings["SQL_HOST"], settings["SQL_PORT"], scope, counts)
@@ -306,6 +311,9 @@ def format_audit(result: AuditResult) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"Audit of the readings since {since}{ids}:"]
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    if c.gateway_process:
+        lines.append("  (the running gateway's own counters since it started, all topics: " + ", ".join(
+            f"{name.replace('_', '-')} {value:,.0f}" for name, value in c.gateway_process.items()) + ")")
     lines += [f"  {'explained' if f.explained else 'UNEXPLAINED'}: {f.text}" for f in result.findings]
     lines.append("OK: every reading is accounted for." if result.ok
                  else "NOT OK: see the differences above.")
@@ -327,6 +335,3 @@ def parse_since(text: str, now: float | None = None) -> int:
     parsed = datetime.fromisoformat(text)
     return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1e6)
 
-
-def checkpoint_of(cfg: StackConfig) -> Path:
-    return cfg.data_dir / "checkpoints" / "kafka_to_kudu"

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from stack.audit import Scope, audit, checkpoint_of, format_audit, parse_since, scope_of_run
+from stack.audit import Scope, audit, format_audit, parse_since, scope_of_run
 from stack.audit import __doc__ as audit_doc
 from stack.config import load_config
 from stack.connection import connection_settings
@@ -81,8 +81,10 @@ def audit_scope(args: argparse.Namespace) -> Scope:
     return Scope(parse_since(args.since), first_id=first, last_id=last)
 
 
-def run_audit(args: argparse.Namespace, cfg) -> int:
-    result = audit(connection_settings(), checkpoint_of(cfg), audit_scope(args), args.wait)
+def run_audit(args: argparse.Namespace, stack: Stack) -> int:
+    gateway = stack.select(["gateway"])[0]
+    result = audit(connection_settings(), stack.cfg.streaming_checkpoint, audit_scope(args), args.wait,
+                   gateway.health_file)
     print(json.dumps(result.as_dict(), indent=2) if args.json else format_audit(result))
     return 0 if result.ok else 1
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "env":
             print(stack.write_connection_file())
         elif args.command == "audit":
-            return run_audit(args, cfg)
+            return run_audit(args, stack)
         elif args.command == "demo":
             from stack.demo import run_demo
 

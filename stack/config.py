@@ -123,6 +123,11 @@ class StackConfig:
         return self.dir / "conf"
 
     @property
+    def streaming_checkpoint(self) -> Path:
+        """The stack's streaming job's checkpoint: its Kafka offsets (the audit reads them too)."""
+        return self.data_dir / "checkpoints" / "kafka_to_kudu"
+
+    @property
     def secrets_file(self) -> Path:
         return self.dir / "secrets.env"
 

@@ -449,8 +449,7 @@ class StreamingJob(_PipelineClient):
         return f"kafka:{self.cfg.kafka_port}->kudu:{self.cfg.kudu_master_port}"
 
     def command(self) -> list[str]:
-        checkpoint = self.cfg.data_dir / "checkpoints" / "kafka_to_kudu"
-        return [sys.executable, "-m", "streaming", "--checkpoint", str(checkpoint),
+        return [sys.executable, "-m", "streaming", "--checkpoint", str(self.cfg.streaming_checkpoint),
                 "--health-file", str(self.health_file)]
 
 

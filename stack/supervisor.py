@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -170,7 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health-file", type=Path, help="where to write the supervisor's own state")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    supervisor = StackSupervisor(Stack(load_config(), log=log.info))
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the readiness probes' Kafka client is chatty
+    try:
+        cfg = load_config()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    supervisor = StackSupervisor(Stack(cfg, log=log.info))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -27,12 +27,12 @@ from pathlib import Path
 import pytest
 
 from sql.client import query
-from stack.audit import Scope, audit, checkpoint_of, format_audit
+from stack.audit import Scope, audit, format_audit
 from stack.config import load_config
 from stack.launcher import Stack
 from stack.names import DEAD_LETTER_TOPIC
 from stack.probes import wait_until
-from stack.process import PidRecord
+from stack.process import PidRecord, is_alive
 from stack.secrets import ensure_secrets
 from tests.conftest import Pipeline, stack_environment
 from tests.poison import CORPUS, reading
@@ -98,7 +98,7 @@ def run_drill(drill_stack, tmp_path_factory, drill_results):
         published = json.loads(record_file.read_text())
         scope = Scope(started_us, published["ended_us"], drill.first_id, drill.first_id + MACHINES - 1,
                       published["published"], 0, poison)
-        result = audit(pipeline.settings(), checkpoint_of(drill_stack.cfg), scope, wait_s=600)
+        result = audit(pipeline.settings(), drill_stack.cfg.streaming_checkpoint, scope, wait_s=600)
         counts = result.counts
         drill_results.append(DrillResult(name, published["published"], published["published"] - counts.kudu_distinct,
                                          counts.kafka_records - counts.kafka_distinct, round(up_again, 1),
@@ -150,7 +150,9 @@ def recovery_time(pipeline: Pipeline, probe_id: int, since: float) -> float:
 
 def kill_9(name: str) -> Callable[[Drill], None]:
     def fault(drill: Drill) -> None:
-        os.kill(PidRecord.load(drill.stack.select([name])[0].pid_file).pid, signal.SIGKILL)
+        victim = PidRecord.load(drill.stack.select([name])[0].pid_file)
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_until(lambda: not is_alive(victim), 30, f"the killed {name} to be gone")  # the fault has happened
 
     return fault
 
