@@ -85,7 +85,7 @@ def run_drill(drill_stack, tmp_path_factory, drill_results):
     pipeline = Pipeline(drill_stack, ensure_secrets(drill_stack.cfg.secrets_file), tmp_path_factory.mktemp("drills"))
     numbers = itertools.count()
 
-    def run(name: str, fault: Callable[[Drill], None], poison: int = 0) -> None:
+    def run(name: str, fault: Callable[[Drill], None], poison: int = 0, tolerated_loss: int = 0) -> None:
         drill = Drill(drill_stack, pipeline, 2_000_000 + next(numbers) * 1_000)
         publisher, record_file, started_us = start_readings(pipeline, drill.first_id)
         time.sleep(random.uniform(0.25, 0.6) * READINGS / RATE)  # a random moment under load
@@ -98,14 +98,23 @@ def run_drill(drill_stack, tmp_path_factory, drill_results):
         published = json.loads(record_file.read_text())
         scope = Scope(started_us, published["ended_us"], drill.first_id, drill.first_id + MACHINES - 1,
                       published["published"], 0, poison)
-        result = audit(pipeline.settings(), drill_stack.cfg.streaming_checkpoint, scope, wait_s=600)
+        # The probe reading is queryable: the backlog has drained, the counts settle within seconds. A drill that
+        # may lose readings (tolerated_loss) cannot wait for "nothing unexplained".
+        result = audit(pipeline.settings(), drill_stack.cfg.streaming_checkpoint, scope,
+                       wait_s=120 if tolerated_loss else 600)
+        print(f"\n{name}:\n{format_audit(result)}")
         counts = result.counts
-        drill_results.append(DrillResult(name, published["published"], published["published"] - counts.kudu_distinct,
+        lost = published["published"] - counts.kudu_distinct
+        drill_results.append(DrillResult(name, published["published"], lost,
                                          counts.kafka_records - counts.kafka_distinct, round(up_again, 1),
                                          round(recovery, 1)))
         assert published["published"] == READINGS
-        assert result.ok, format_audit(result)
-        assert counts.kudu_rows == counts.kudu_distinct == READINGS
+        assert counts.job_pending == 0 and counts.kudu_rows == counts.kudu_distinct, format_audit(result)
+        if lost:
+            assert lost <= tolerated_loss, format_audit(result)
+            assert all("lost between MQTT and Kafka" in f.text for f in result.findings if not f.explained)
+        else:
+            assert result.ok, format_audit(result)
         assert all(row.state == "up" for row in drill_stack.status()), drill_stack.status()
 
     return run
@@ -195,7 +204,9 @@ KAFKA_POISON = [p for p in CORPUS if p.kafka]
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.quick_drill) if n in QUICK else n
                                   for n in KILLED])
 def test_kill_9_under_load(run_drill, name):
-    run_drill(f"kill -9 {name}", kill_9(name))
+    # Mosquitto 2.0 may lose what it acknowledged in the last 2 s before a kill -9 (README, "Durability you can
+    # state"; tests/test_durability.py checks the window itself): at most that many seconds of readings.
+    run_drill(f"kill -9 {name}", kill_9(name), tolerated_loss=2 * RATE if name == "mosquitto" else 0)
 
 
 @pytest.mark.parametrize("name, seconds, service, dependency", [
