@@ -11,7 +11,8 @@ RUN useradd --create-home --uid 10001 iot
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY contract contract
-COPY stack stack
+COPY runtime runtime
+COPY world world
 COPY simulator simulator
 COPY gateway gateway
 COPY streaming streaming
@@ -22,7 +23,7 @@ RUN pip install --no-cache-dir . \
 # (New named volumes mounted on /models and /checkpoints take over this ownership.)
 USER iot
 
-# spark-submit resolves the Kafka and Kudu connectors (stack/jvm/pom.xml) from Maven Central into this cache.
+# spark-submit resolves the Kafka and Kudu connectors (runtime/jvm/pom.xml) from Maven Central into this cache.
 ENV SPARK_HOME=/usr/local/lib/python3.11/site-packages/pyspark \
     PYSPARK_PYTHON=python3 \
     IVY_CACHE=/home/iot/.ivy2

@@ -25,7 +25,7 @@ audit: ## reconcile the readings of the last 10 minutes stage by stage (python -
 demo: up ## set up, start everything, run the simulator and watch readings arrive in Kudu via SQL (Ctrl+C)
 	@$(PY) -m stack demo
 
-test: setup ## run the whole test suite against real services (started by the tests themselves)
+test: setup lint ## lint, then the whole test suite against real services (started by the tests themselves)
 	@$(PY) -m pytest -v
 
 drills: setup ## every fault drill (kill -9 of each process, outages, poison), with a results table (~15 min)
@@ -65,8 +65,9 @@ compose-secrets: ## write .env for docker-compose.yml with generated secrets (ke
 compose-e2e: ## with Docker: docker-compose.yml up, end-to-end check through Impala, down (volumes too)
 	@bash compose/e2e.sh
 
-lint: ## ruff
+lint: ## ruff, and import-linter: the floors of the code (pyproject.toml, [tool.importlinter])
 	@$(PY) -m ruff check .
+	@.venv/bin/lint-imports
 
 clean: down ## stop the stack and delete its data, logs and secrets (keeps downloaded parts)
 	rm -rf .stack/data .stack/logs .stack/pids .stack/conf .stack/secrets.env .stack/connection.env

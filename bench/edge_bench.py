@@ -24,9 +24,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from bench.processes import forget_sessions, start_gateway, stop_group
+from runtime.settings import connection_settings, require
 from simulator.config import load_simulator_config
 from simulator.publisher import run
-from stack.connection import connection_settings, require
 
 BENCH_TOPIC = "iot.bench"
 MQTT_TOPIC = "bench"

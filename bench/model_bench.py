@@ -30,7 +30,7 @@ from model.registry import load_served_model, model_path
 from model.server.scoring import ModelHolder
 from model.train import held_out_split
 from model.wire import ARROW_STREAM, ipc_to_results, rows_to_ipc
-from stack.probes import http_ok, wait_until
+from runtime.waiting import http_ok, wait_until
 
 
 def free_port() -> int:

@@ -49,11 +49,11 @@ from bench.processes import (
     start_until_up,
     stop_group,
 )
+from runtime.settings import REPO_ROOT, connection_settings, require
 from simulator.config import SimulatorConfig, load_simulator_config
 from simulator.publisher import run
 from sql.client import cursor
-from stack.config import REPO_ROOT, StackConfig, load_config
-from stack.connection import connection_settings, require
+from stack.config import StackConfig, load_config
 from stack.kudu_table import (
     ensure_table,
     impala_kudu_table_name,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from stack.health import is_up
-from stack.probes import wait_until
+from runtime.health import is_up
+from runtime.waiting import wait_until
 from stack.process import cpu_seconds, group_members
 
 

@@ -38,8 +38,8 @@ from pathlib import Path
 
 from contract import MAX_NESTING, MAX_PAYLOAD_BYTES
 from gateway.bridge import GatewaySettings, GatewayWorker
-from stack.connection import connection_settings, require
-from stack.health import STALE_AFTER_S, Health, HealthReporter
+from runtime.health import STALE_AFTER_S, Health, HealthReporter
+from runtime.settings import connection_settings, require
 
 SETTINGS = ("MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP")  # what it reads
 

@@ -46,9 +46,9 @@ from contract import (
     clip,
     parse_reading,
 )
-from stack.health import Health
-from stack.probes import port_open
-from stack.retry import Backoff
+from runtime.health import Health
+from runtime.retry import Backoff
+from runtime.waiting import port_open
 
 log = logging.getLogger("gateway")
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our subscription and queued messages this long while we are away

@@ -5,7 +5,7 @@ The shipped file `model/data/historical_iot.csv.gz` was made with the defaults b
     python -m model.data                       # 200,000 rows, seed 42 -> model/data/historical_iot.csv.gz
     python -m model.data --rows 1000000 --seed 7 --out /tmp/more.csv.gz
 
-Columns: sensor_0..sensor_11 (see `model.world` for what each measures) and is_healthy (1 = healthy, 0 = broke soon).
+Columns: sensor_0..sensor_11 (see `world` for what each measures) and is_healthy (1 = healthy, 0 = broke soon).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from contract import LABEL, SENSOR_FIELDS
-from model.world import historical_readings
+from world import historical_readings
 
 HISTORY_FILE = Path(__file__).resolve().parent / "data" / "historical_iot.csv.gz"
 DEFAULT_ROWS = 200_000

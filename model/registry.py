@@ -20,8 +20,7 @@ from pathlib import Path
 import joblib
 
 from contract import FEATURES
-from stack.config import REPO_ROOT, load_config
-from stack.connection import connection_settings
+from runtime.settings import REPO_ROOT, connection_settings, served_model_file
 
 EXPERIMENT = "iot-predictive-maintenance"
 DEFAULT_TRACKING_DIR = REPO_ROOT / "mlruns"
@@ -51,7 +50,7 @@ def use_tracking_store():
 
 def model_path() -> Path:
     """`MODEL_PATH`, or the local stack's served-model file."""
-    return Path(os.environ["MODEL_PATH"]) if os.environ.get("MODEL_PATH") else load_config().model_file
+    return served_model_file()
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import paho.mqtt.client as mqtt
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 
+from runtime.settings import CONNECTION_VARIABLES, REPO_ROOT, connection_settings
 from sql.client import cursor, query
-from stack.config import REPO_ROOT, load_config
-from stack.connection import CONNECTION_VARIABLES, connection_settings
+from stack.config import load_config
 
 SECRET_VARIABLES = {"MQTT_PASSWORD", "MODEL_ACCESS_KEY"}
 

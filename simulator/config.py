@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract import SENSOR_FIELDS, SENSOR_ID_RANGE
-from stack.connection import connection_settings
+from runtime.settings import connection_settings
 
 MODES = ("world", "workshop-uniform")
 SECTION_KEYS = {
@@ -145,11 +145,11 @@ def _sensor_ids(machines: dict) -> tuple[int, int]:
 
 
 def _connection() -> dict[str, str]:
-    """The environment's or connection.env's MQTT settings; a bad STACK_* setting is a ConfigError too."""
+    """The environment's or connection.env's MQTT settings; a malformed connection file is a ConfigError too."""
     try:
         return connection_settings()
     except ValueError as exc:
-        raise ConfigError(f"stack settings: {exc}") from None
+        raise ConfigError(f"connection settings: {exc}") from None
 
 
 def _environment_port(connection: dict[str, str]) -> int:

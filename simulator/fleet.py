@@ -13,8 +13,8 @@ from collections import Counter
 import numpy as np
 
 from contract import ID_FIELD, SENSOR_FIELDS, TS_FIELD
-from model.world import sensor_readings
 from simulator.config import SimulatorConfig
+from world import sensor_readings
 
 FAULT_KINDS = ("bad_json", "missing_field", "wrong_type", "out_of_range", "duplicate_key")
 _INT_SENSORS = frozenset({"sensor_0", "sensor_1", "sensor_2", "sensor_3", "sensor_5", "sensor_7", "sensor_9",

@@ -15,8 +15,8 @@ from pathlib import Path
 from impala.error import Error as ImpylaError
 from thrift.Thrift import TException
 
+from runtime.settings import connection_settings
 from sql.client import SqlUnavailable, cursor
-from stack.connection import connection_settings
 
 
 def split_statements(text: str) -> list[str]:

@@ -29,9 +29,9 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 
 from contract import ID_FIELD, TS_FIELD, InvalidReading, parse_reading
+from runtime.health import read_health
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
 from sql.client import query
-from stack.health import read_health
-from stack.names import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ import json
 import sys
 from pathlib import Path
 
+from runtime.settings import connection_settings
+from runtime.waiting import NotReady
 from stack.audit import Scope, audit, format_audit, parse_since, scope_of_run
 from stack.audit import __doc__ as audit_doc
 from stack.config import load_config
-from stack.connection import connection_settings
 from stack.install import install
 from stack.launcher import Stack, format_status, status_json
-from stack.probes import NotReady
 from stack.services import SERVICE_NAMES
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from stack.config import REPO_ROOT
+from runtime.settings import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:\?|:-)(?P<arg>[^}]*))?\}")

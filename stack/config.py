@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from runtime.settings import REPO_ROOT
+
 DEFAULTS_FILE = Path(__file__).resolve().parent / "stack.toml"
-JVM_POM = Path(__file__).resolve().parent / "jvm" / "pom.xml"
 ENV_PREFIX = "STACK_"
 # STACK_* variables that are not settings of this file but belong to another tool, so `load_config` lets them be:
 # Haskell's Stack build tool exports these. Any other STACK_* variable that is not a setting is refused as a likely

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.settings import connection_settings
 from sql.client import query
-from stack.connection import connection_settings
 
 SIMULATOR_CONFIG = Path(__file__).resolve().parent.parent / "simulator" / "mqtt.iot.config"
 LIKELY_TO_BREAK = """

@@ -1,6 +1,6 @@
 """Install the JVM parts of the stack from Maven Central, idempotently (the Python half of `make setup`).
 
-- Kafka broker jars and the Kudu server binaries: `mvn package` on stack/jvm/pom.xml.
+- Kafka broker jars and the Kudu server binaries: `mvn package` on runtime/jvm/pom.xml.
 - Spark connectors: resolved by `spark-submit --packages` into the stack's ivy cache, so later runs need no
   network.
 - Secrets (MQTT password, model access key): generated once.
@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from stack.config import JVM_POM, StackConfig
+from runtime.spark import JVM_POM, connector_packages, spark_environment, spark_submit_command
+from stack.config import StackConfig
 from stack.kudu_table import kudu_environment
 from stack.secrets import ensure_secrets
-from stack.spark import connector_packages, spark_environment, spark_submit_command
 
 
 def _fingerprint(*parts: str | Path) -> str:
@@ -90,9 +90,9 @@ def install_spark_connectors(cfg: StackConfig) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         noop = Path(tmp) / "resolve_connectors.py"
         noop.write_text("print('Spark connectors resolved')\n")
-        command = spark_submit_command(cfg, app=[str(noop)], packages=packages, master="local[1]",
+        command = spark_submit_command(cfg.host, ivy=cfg.ivy_dir, app=[str(noop)], packages=packages, master="local[1]",
                                        conf={"spark.ui.enabled": "false"})
-        _run_streaming(command, env=spark_environment(cfg))
+        _run_streaming(command, env=spark_environment(cfg.host))
     stamp.write_text(fingerprint)
     return True
 

@@ -15,8 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.settings import REPO_ROOT
 from sql.client import cursor
-from stack.config import REPO_ROOT
 
 SENSORS_DDL = REPO_ROOT / "sql" / "create_sensors.sql"
 

@@ -20,11 +20,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from runtime.settings import read_env_file, write_env_file
 from stack import probes
 from stack.config import StackConfig
 from stack.connection import local_stack_settings
 from stack.process import PidRecord, group_members, is_alive, kill_group, rss_bytes, spawn, stop_group
-from stack.secrets import ensure_secrets, read_env_file, write_env_file
+from stack.secrets import ensure_secrets
 from stack.services import Service, Supervisor, all_services
 
 STATES = ("up", "starting", "degraded", "crashed", "crash-looping", "down")

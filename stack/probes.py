@@ -3,49 +3,14 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
-import urllib.request
-from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
+from runtime.waiting import port_open
+
 # Probing a starting SQL server means refused connections, which thrift would log as errors, one per try.
 logging.getLogger("thrift.transport.TSocket").setLevel(logging.CRITICAL)
-
-
-class NotReady(Exception):
-    """A service did not become ready in time; the message says what was last seen."""
-
-
-def wait_until(probe: Callable[[], object], timeout_s: float, what: str,
-               abort: Callable[[], str | None] = lambda: None) -> object:
-    """Call `probe` until it returns a truthy value without raising; `abort` may end the wait early."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer yet"
-    delay = 0.1
-    while True:
-        try:
-            result = probe()
-            if result:
-                return result
-            last = f"probe returned {result!r}"
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
-            last = f"{type(exc).__name__}: {exc}"
-        reason = abort()
-        if reason:
-            raise NotReady(f"{what}: {reason}")
-        if time.monotonic() >= deadline:
-            raise NotReady(f"{what}: not ready after {timeout_s:.0f} s (last: {last})")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-
-
-def port_open(host: str, port: int | str, timeout_s: float = 1.0) -> bool:
-    port = int(port)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
-        return sock.connect_ex((host, port)) == 0
 
 
 def mqtt_connack(host: str, port: int, username: str | None, password: str | None,
@@ -83,11 +48,6 @@ def kafka_topics(bootstrap: str) -> set[str]:
         return set(admin.list_topics())
     finally:
         admin.close()
-
-
-def http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return response.status == 200
 
 
 def sql_answers(host: str, port: int) -> bool:

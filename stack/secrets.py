@@ -5,36 +5,13 @@ They live in `<stack dir>/secrets.env` (mode 0600, git-ignored) and are never pr
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
+from runtime.settings import read_env_file, write_env_file
+
 MQTT_USERNAME = "iot"
 SECRET_NAMES = ("MQTT_USERNAME", "MQTT_PASSWORD", "MODEL_ACCESS_KEY")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a `KEY=value` file as written by `write_env_file` (comments and blank lines ignored)."""
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise ValueError(f"{path}: line {line!r} is not KEY=value")
-        values[key.strip()] = value.strip().strip("'\"")
-    return values
-
-
-def write_env_file(path: Path, values: dict[str, str], header: str) -> None:
-    """Write a sourceable `KEY=value` file readable only by its owner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = "".join(f"{key}={value}\n" for key, value in values.items())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"# {header}\n{body}")
-    os.chmod(path, 0o600)
 
 
 def ensure_secrets(path: Path) -> dict[str, str]:

@@ -14,13 +14,13 @@ import sys
 import uuid
 from pathlib import Path
 
+from runtime.health import Health, read_health
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
+from runtime.spark import jvm_versions, spark_environment, spark_submit_command
 from stack import probes
 from stack.config import StackConfig
 from stack.connection import local_stack_settings
-from stack.health import Health, read_health
 from stack.kudu_table import ensure_table, kudu_cli, kudu_environment, load_sensors_spec, register_in_sql
-from stack.names import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
-from stack.spark import spark_environment, spark_submit_command
 
 
 class Service:
@@ -60,7 +60,7 @@ class Service:
 
     @property
     def health_file(self) -> Path | None:
-        """Where the process reports its own state (stack/health.py); None for services probed from outside."""
+        """Where the process reports its own state (runtime/health.py); None for services probed from outside."""
         return None
 
     def health(self) -> Health | None:
@@ -334,10 +334,9 @@ class SqlServer(Service):
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
-        from stack.spark import jvm_versions
-
         return spark_submit_command(
-            self.cfg,
+            self.cfg.host,
+            ivy=self.cfg.ivy_dir,
             master="local[2]",
             packages=[jvm_versions()["spark.connector.kudu"]],
             conf={
@@ -356,7 +355,7 @@ class SqlServer(Service):
         )
 
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
-        return spark_environment(self.cfg)
+        return spark_environment(self.cfg.host)
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
         return probes.sql_answers(self.cfg.host, self.cfg.sql_port)
@@ -380,14 +379,16 @@ class ModelServer(Service):
     def prepare(self, secrets: dict[str, str]) -> None:
         if self.cfg.model_file.exists():
             return
-        from model.registry import promote
-        from model.train import train
-
         trees, depth = self.FIRST_MODEL
         print(f"  {self.name:<13} no served model yet: training one ({trees} trees, depth {depth}) ...", flush=True)
-        result = train(trees, depth)
-        promote(result.run_id, self.cfg.model_file)
-        print(f"  {self.name:<13} trained run {result.run_id} (auroc {result.auroc:.4f}) and promoted it", flush=True)
+        # Through the model's own CLI: the launcher drives the model package, it does not import it.
+        result = subprocess.run([sys.executable, "-m", "model.train", "--num-trees", str(trees), "--max-depth",
+                                 str(depth), "--promote"], env={**os.environ, "MODEL_PATH": str(self.cfg.model_file)},
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"training the first model failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+        run_line = next((line for line in result.stdout.splitlines() if line.startswith("run ")), "a run")
+        print(f"  {self.name:<13} trained and promoted {run_line}", flush=True)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "model", "serve", "--host", self.cfg.host, "--port", str(self.cfg.model_port)]
@@ -451,6 +452,9 @@ class StreamingJob(_PipelineClient):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "streaming", "--checkpoint", str(self.cfg.streaming_checkpoint),
                 "--health-file", str(self.health_file)]
+
+    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
+        return {**super().environment(secrets), "SPARK_LOCAL_IP": self.cfg.host}
 
 
 class Supervisor(_PipelineClient):

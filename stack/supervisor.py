@@ -28,11 +28,11 @@ import threading
 import time
 from pathlib import Path
 
+from runtime.health import Health, HealthReporter, read_health
+from runtime.retry import Backoff
 from stack.config import load_config
-from stack.health import Health, HealthReporter, read_health
 from stack.launcher import Stack, Supervision, last_error_line, service_lock, supervision_file
 from stack.process import PidRecord, group_members, is_alive, kill_group
-from stack.retry import Backoff
 from stack.secrets import ensure_secrets
 from stack.services import Service
 

@@ -2,7 +2,9 @@
 
 Connection settings (KAFKA_BOOTSTRAP, KUDU_MASTER, MODEL_URL, MODEL_ACCESS_KEY) come from the environment or
 .stack/connection.env; job options (see `--help`) are passed through to streaming/kafka_to_kudu.py.
-SPARK_MASTER (default `local[*]`) picks the cluster, e.g. `spark://spark-master:7077` under Compose.
+SPARK_MASTER (default `local[*]`) picks the cluster, e.g. `spark://spark-master:7077` under Compose;
+SPARK_LOCAL_IP (default 127.0.0.1) the driver's address; STACK_INSTALL_DIR (default `.stack`) holds the connector
+cache (`ivy/`).
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import shlex
 import sys
 from pathlib import Path
 
-from stack.config import load_config
-from stack.connection import connection_settings, require
-from stack.spark import connector_packages, spark_environment, spark_submit_command
+from runtime.settings import connection_settings, require
+from runtime.spark import connector_packages, spark_environment, spark_submit_command
 
 JOB = Path(__file__).resolve().parent / "kafka_to_kudu.py"
 SETTINGS = ("KAFKA_BOOTSTRAP", "KUDU_MASTER", "MODEL_URL", "MODEL_ACCESS_KEY")  # what the job reads
 
 
+def spark_host() -> str:
+    """The address the driver binds to: `SPARK_LOCAL_IP`, default loopback."""
+    return os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
+
+
 def job_command(job_args: list[str]) -> list[str]:
-    return spark_submit_command(load_config(), app=[str(JOB), *job_args], packages=connector_packages(),
+    return spark_submit_command(spark_host(), app=[str(JOB), *job_args], packages=connector_packages(),
                                 master=os.environ.get("SPARK_MASTER", "local[*]"), conf={"spark.ui.enabled": "false"})
 
 
@@ -32,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         require(settings, *SETTINGS)
     command = job_command(job_args)
     print("$ " + " ".join(shlex.quote(part) for part in command), file=sys.stderr, flush=True)
-    env = {**spark_environment(load_config()), **settings}
+    env = {**spark_environment(spark_host()), **settings}
     os.execve(command[0], command, env)
 
 

@@ -48,9 +48,9 @@ from pyspark.sql.types import (
 )
 
 from contract import ID_FIELD, LABEL, MAX_NESTING, MAX_PAYLOAD_BYTES, SENSOR_FIELDS, TS_FIELD
-from stack.health import Health, HealthReporter
-from stack.probes import http_ok, port_open
-from stack.retry import Backoff
+from runtime.health import Health, HealthReporter
+from runtime.retry import Backoff
+from runtime.waiting import http_ok, port_open
 from streaming.scoring import INPUT_COLUMNS, SCORERS, check_and_score
 
 OUTPUT_SCHEMA = StructType([

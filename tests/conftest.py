@@ -23,13 +23,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from model.registry import ModelInfo, promote
 from model.train import RunResult, train
+from runtime.health import is_up
+from runtime.settings import IOT_TOPIC
+from runtime.waiting import wait_until
 from sql.client import query
 from stack.config import StackConfig, load_config
 from stack.connection import local_stack_settings
-from stack.health import is_up
 from stack.launcher import Stack
-from stack.names import IOT_TOPIC
-from stack.probes import wait_until
 from stack.secrets import ensure_secrets
 
 PORT_SETTINGS = (

@@ -15,14 +15,14 @@ import tomllib
 import pytest
 
 from gateway.__main__ import SETTINGS as GATEWAY_SETTINGS
+from runtime.health import is_up
+from runtime.settings import REPO_ROOT
+from runtime.spark import jvm_versions
+from runtime.waiting import http_ok, wait_until
 from simulator.config import load_simulator_config
 from simulator.publisher import run
 from sql.client import query
 from stack.compose import COMPOSE_FILE, compose_settings, interpolate, load_compose
-from stack.config import REPO_ROOT
-from stack.health import is_up
-from stack.probes import http_ok, wait_until
-from stack.spark import jvm_versions
 from streaming.__main__ import SETTINGS as STREAMING_SETTINGS
 from tests.conftest import free_ports
 
@@ -77,7 +77,7 @@ def test_the_gateway_and_the_job_are_healthy_by_the_signal_make_status_reads():
     for name in ("gateway", "streaming"):
         command = SERVICES[name]["command"]
         health_file = command[command.index("--health-file") + 1]
-        assert SERVICES[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "stack.health", health_file]
+        assert SERVICES[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "runtime.health", health_file]
 
 
 def test_start_order_waits_for_health_or_completion():
@@ -161,7 +161,7 @@ def test_gateway_model_server_and_job_run_unchanged_on_the_settings_compose_give
                  "model:8000": f"{cfg.host}:{model_port}"}
     variables = {name: secrets[name] for name in SECRETS}  # what .env would hold
     settings = compose_settings(["gateway", "model", "streaming"], variables, addresses)
-    settings.update(MODEL_PATH=str(served_model_file), SPARK_MASTER="local[2]", STACK_HOST=cfg.host)
+    settings.update(MODEL_PATH=str(served_model_file), SPARK_MASTER="local[2]", SPARK_LOCAL_IP=cfg.host)
     settings.pop("SQL_AUTH_MECHANISM")  # Impala's; the local SQL endpoint takes the default
     connection = tmp_path / "connection.env"
     connection.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))

@@ -14,14 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import runtime.settings as runtime_settings
+import runtime.spark as runtime_spark
 import stack.config
+from runtime.settings import CONNECTION_VARIABLES, REPO_ROOT, read_env_file
+from runtime.spark import connector_packages, jvm_versions
 from stack.cli import main as stack_cli
-from stack.config import DEFAULTS_FILE, REPO_ROOT, StackConfig, load_config
-from stack.connection import CONNECTION_VARIABLES
+from stack.config import DEFAULTS_FILE, StackConfig, load_config
 from stack.kudu_table import load_sensors_spec, parse_impala_kudu_ddl
 from stack.launcher import Stack
-from stack.secrets import ensure_secrets, read_env_file
-from stack.spark import connector_packages, jvm_versions
+from stack.secrets import ensure_secrets
 
 
 def test_defaults_bind_loopback_and_live_under_dot_stack():
@@ -258,3 +260,18 @@ def test_lab9_ddl_translates_to_the_kudu_table_impala_would_create():
 def test_unsupported_ddl_is_refused_with_the_reason(ddl, message):
     with pytest.raises(ValueError, match=message):
         parse_impala_kudu_ddl(ddl)
+
+
+@pytest.mark.parametrize("stack_dir_value", [None, "/tmp/elsewhere-stack"])
+def test_the_runtime_parts_find_the_stack_where_the_launcher_puts_it(monkeypatch, stack_dir_value):
+    """The runtime floor does not import the launcher: both must agree on where the stack's files are."""
+    for name in ("STACK_DIR", "STACK_INSTALL_DIR", "MODEL_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    if stack_dir_value:
+        monkeypatch.setenv("STACK_DIR", stack_dir_value)
+        monkeypatch.setenv("STACK_INSTALL_DIR", stack_dir_value)
+    cfg = load_config()
+    assert cfg.dir == runtime_settings.stack_dir()
+    assert cfg.connection_file == runtime_settings.stack_dir() / "connection.env"
+    assert cfg.model_file == runtime_settings.served_model_file()
+    assert cfg.ivy_dir == runtime_spark.ivy_dir()

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from runtime.settings import DEAD_LETTER_TOPIC
+from runtime.waiting import wait_until
 from sql.client import query
 from stack.audit import Scope, audit, format_audit
 from stack.config import load_config
 from stack.launcher import Stack
-from stack.names import DEAD_LETTER_TOPIC
-from stack.probes import wait_until
 from stack.process import PidRecord, is_alive
 from stack.secrets import ensure_secrets
 from tests.conftest import Pipeline, stack_environment

@@ -14,9 +14,9 @@ import pytest
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
+from runtime.waiting import wait_until
 from sql.client import query
-from stack.names import DEAD_LETTER_TOPIC, IOT_TOPIC
-from stack.probes import wait_until
 from stack.process import PidRecord
 from tests.poison import reading
 

@@ -18,10 +18,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from contract import GATEWAY_ID_FIELD, RECEIVED_TS_FIELD
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
+from runtime.waiting import wait_until
 from simulator.config import load_simulator_config
 from simulator.publisher import run
-from stack.names import DEAD_LETTER_TOPIC, IOT_TOPIC
-from stack.probes import wait_until
 from stack.process import PidRecord, is_alive
 
 pytestmark = pytest.mark.stack

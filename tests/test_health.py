@@ -11,9 +11,9 @@ import signal
 
 import pytest
 
-from stack.health import is_up, read_health
-from stack.names import IOT_TOPIC
-from stack.probes import wait_until
+from runtime.health import is_up, read_health
+from runtime.settings import IOT_TOPIC
+from runtime.waiting import wait_until
 from stack.process import PidRecord
 from tests.poison import reading
 

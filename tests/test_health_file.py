@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from stack.health import STALE_AFTER_S, Health, is_up, main, read_health, write_health
+from runtime.health import STALE_AFTER_S, Health, is_up, main, read_health, write_health
 
 
 @pytest.mark.parametrize("report, age_s, exit_code", [

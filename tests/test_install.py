@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from stack.config import REPO_ROOT, load_config
-from stack.spark import connector_packages, spark_environment, spark_submit_command
+from runtime.settings import REPO_ROOT
+from runtime.spark import connector_packages, spark_environment, spark_submit_command
+from stack.config import load_config
 
 
 def test_install_again_installs_nothing():
@@ -39,9 +40,9 @@ def test_spark_connectors_resolve_from_the_local_cache_without_network(tmp_path)
         "    jvm.java.lang.Class.forName(name, True, jvm.Thread.currentThread().getContextClassLoader())\n"
         "print('CONNECTORS LOADED')\n"
     )
-    command = spark_submit_command(cfg, app=[str(app)], packages=connector_packages(), master="local[1]",
-                                   conf={"spark.ui.enabled": "false"})
+    command = spark_submit_command(cfg.host, ivy=cfg.ivy_dir, app=[str(app)], packages=connector_packages(),
+                                   master="local[1]", conf={"spark.ui.enabled": "false"})
     offline = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "offline", *command]
-    result = subprocess.run(offline, env=spark_environment(cfg), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(offline, env=spark_environment(cfg.host), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CONNECTORS LOADED" in result.stdout

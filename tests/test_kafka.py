@@ -8,7 +8,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from stack.names import DEAD_LETTER_TOPIC, IOT_TOPIC
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
 
 pytestmark = pytest.mark.stack
 

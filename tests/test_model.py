@@ -11,7 +11,7 @@ from model.data import DEFAULT_ROWS, DEFAULT_SEED, load_history
 from model.experiments import LAB7_GRID, run_grid
 from model.registry import EXPERIMENT, load_served_model, promote
 from model.train import held_out_split, train
-from model.world import historical_readings
+from world import historical_readings
 
 
 def test_feature_order_is_sensor_0_to_sensor_11():

@@ -25,8 +25,8 @@ from model.registry import load_served_model, promote
 from model.server import create_app
 from model.train import held_out_split, train
 from model.wire import ARROW_STREAM, ipc_to_results, rows_to_ipc
-from stack.probes import http_ok, wait_until
-from stack.secrets import read_env_file
+from runtime.settings import read_env_file
+from runtime.waiting import http_ok, wait_until
 from tests.conftest import free_ports
 
 KEY = "test-key-" + "x" * 24

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from stack.names import DEAD_LETTER_TOPIC
+from runtime.settings import DEAD_LETTER_TOPIC
 from tests.poison import CORPUS, reading
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]

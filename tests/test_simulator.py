@@ -83,9 +83,10 @@ def test_port_zero_is_taken_from_the_environment(tmp_path, monkeypatch):
         load_simulator_config(write_config(tmp_path, mqtt={"port": 0}))
 
 
-def test_a_bad_stack_setting_is_a_config_error_too(tmp_path, monkeypatch):
-    monkeypatch.setenv("STACK_KAFKA_PROT", "1")
-    with pytest.raises(ConfigError, match=re.escape("stack settings: STACK_KAFKA_PROT is not a setting")):
+def test_a_malformed_connection_file_is_a_config_error_too(tmp_path, monkeypatch):
+    (tmp_path / "connection.env").write_text("MQTT_HOST 127.0.0.1\n")
+    monkeypatch.setenv("STACK_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=re.escape("connection settings: ") + ".*is not KEY=value"):
         load_simulator_config(write_config(tmp_path))
 
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from runtime.settings import REPO_ROOT
 from sql.client import SqlUnavailable, cursor
-from stack.config import REPO_ROOT
 from tests.conftest import free_ports
 
 

@@ -12,12 +12,12 @@ import time
 import pytest
 from kafka import KafkaProducer
 
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
 from simulator.config import load_simulator_config
 from simulator.fleet import Fleet
 from simulator.publisher import run
 from sql.client import query
 from stack.connection import local_stack_settings
-from stack.names import DEAD_LETTER_TOPIC, IOT_TOPIC
 from tests.test_edge import end_offsets, read_from
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]

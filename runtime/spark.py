@@ -1,7 +1,8 @@
 """How the project runs Spark: the pinned connector coordinates and the `spark-submit` command line.
 
-The Spark connectors (Kafka source, Kudu) are resolved by spark-submit's own `--packages` into the stack's
-ivy cache (`<install dir>/ivy`) once, at setup; later runs find them there.
+The Spark connectors (Kafka source, Kudu) are resolved by spark-submit's own `--packages` into the ivy cache
+(`<install dir>/ivy`) once, at setup; later runs find them there. Every JVM version is pinned in
+`runtime/jvm/pom.xml`, read here (the job's connectors) and by the launcher (Kafka, Kudu).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pyspark
 
-from stack.config import JVM_POM, StackConfig
+from runtime.settings import install_dir
 
+JVM_POM = Path(__file__).resolve().parent / "jvm" / "pom.xml"
 _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 
 
@@ -45,26 +47,31 @@ def spark_home() -> Path:
     return Path(pyspark.__file__).resolve().parent
 
 
-def spark_environment(cfg: StackConfig) -> dict[str, str]:
+def spark_environment(host: str) -> dict[str, str]:
     """Environment for spark-submit: pyspark's Spark, this interpreter for Python workers, loopback only."""
     env = dict(os.environ)
     env["SPARK_HOME"] = str(spark_home())
     # Spark's Python workers must run the project's interpreter, not whatever `python3` is on PATH.
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    env["SPARK_LOCAL_IP"] = cfg.host
+    env["SPARK_LOCAL_IP"] = host
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
-def spark_submit_command(cfg: StackConfig, app: list[str], packages: list[str] | None = None,
+def ivy_dir() -> Path:
+    """The connector cache: `<STACK_INSTALL_DIR>/ivy`."""
+    return install_dir() / "ivy"
+
+
+def spark_submit_command(host: str, app: list[str], packages: list[str] | None = None,
                          conf: dict[str, str] | None = None, master: str = "local[*]",
-                         submit_options: list[str] | None = None) -> list[str]:
-    """A `spark-submit` command line with the stack's connector cache and loopback binding."""
+                         submit_options: list[str] | None = None, ivy: Path | None = None) -> list[str]:
+    """A `spark-submit` command line with the connector cache (`ivy`, default `ivy_dir()`), bound to `host`."""
     settings = {
-        "spark.jars.ivy": str(cfg.ivy_dir),
-        "spark.driver.host": cfg.host,
-        "spark.driver.bindAddress": cfg.host,
+        "spark.jars.ivy": str(ivy or ivy_dir()),
+        "spark.driver.host": host,
+        "spark.driver.bindAddress": host,
         **(conf or {}),
     }
     command = [str(spark_home() / "bin" / "spark-submit"), "--master", master]

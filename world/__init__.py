@@ -1,4 +1,5 @@
-"""The simulated world: machines that wear out, their twelve sensors, and when they break.
+"""The simulated world: machines that wear out, their twelve sensors, and when they break (its own package,
+under the simulator and the training data).
 
 One generator serves both the historical training data (`model.data`) and the live simulator, so the model is
 trained on the world it later scores.

@@ -1,0 +1,91 @@
+"""The runtime settings every part reads, in one module: the names of topics and tables, the env-file format, and
+the connection settings (the environment first, then the stack's `connection.env`).
+
+The connection variables (written by `make up`; point them at a real cluster to use one):
+    MQTT_HOST MQTT_PORT MQTT_USERNAME MQTT_PASSWORD KAFKA_BOOTSTRAP KUDU_MASTER SQL_HOST SQL_PORT MODEL_URL
+    MODEL_ACCESS_KEY
+Where the stack keeps its files: `STACK_DIR` (default `.stack`, relative to the repository), which holds
+`connection.env` and the served model; `STACK_INSTALL_DIR` (default `.stack`) holds the Spark connector cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+IOT_TOPIC = "iot"
+DEAD_LETTER_TOPIC = "iot.dlq"
+SQL_TABLE = "sensors"
+KUDU_TABLE = "impala::default.sensors"
+
+DEFAULT_STACK_DIR = ".stack"  # also the launcher's default for STACK_DIR and STACK_INSTALL_DIR (stack/stack.toml)
+
+CONNECTION_VARIABLES = (
+    "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP", "KUDU_MASTER",
+    "SQL_HOST", "SQL_PORT", "MODEL_URL", "MODEL_ACCESS_KEY",
+)
+
+
+def _repo_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def stack_dir() -> Path:
+    """`STACK_DIR`: where the running stack keeps its connection file, secrets and served model."""
+    return _repo_path(os.environ.get("STACK_DIR") or DEFAULT_STACK_DIR)
+
+
+def install_dir() -> Path:
+    """`STACK_INSTALL_DIR`: where installed parts live (the Spark connector cache among them)."""
+    return _repo_path(os.environ.get("STACK_INSTALL_DIR") or DEFAULT_STACK_DIR)
+
+
+def served_model_file() -> Path:
+    """`MODEL_PATH`, or the served-model file of the stack in `STACK_DIR`."""
+    if os.environ.get("MODEL_PATH"):
+        return Path(os.environ["MODEL_PATH"])
+    return stack_dir() / "model" / "iot_model.joblib"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a `KEY=value` file as written by `write_env_file` (comments and blank lines ignored)."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ValueError(f"{path}: line {line!r} is not KEY=value")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def write_env_file(path: Path, values: dict[str, str], header: str) -> None:
+    """Write a sourceable `KEY=value` file readable only by its owner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "".join(f"{key}={value}\n" for key, value in values.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"# {header}\n{body}")
+    os.chmod(path, 0o600)
+
+
+def connection_settings(connection_file: Path | None = None) -> dict[str, str]:
+    """Each connection variable from the environment if set there, else from the stack's connection file."""
+    path = connection_file or stack_dir() / "connection.env"
+    settings = read_env_file(path) if path.exists() else {}
+    settings.update({name: os.environ[name] for name in CONNECTION_VARIABLES if os.environ.get(name)})
+    return {name: settings[name] for name in CONNECTION_VARIABLES if settings.get(name)}
+
+
+def require(settings: dict[str, str], *names: str) -> list[str]:
+    """The values of `names`, or SystemExit saying which are missing and how to get them."""
+    missing = [name for name in names if not settings.get(name)]
+    if missing:
+        raise SystemExit(f"error: {', '.join(missing)} not set: run `make up` (writes .stack/connection.env) "
+                         f"or export them")
+    return [settings[name] for name in names]
