@@ -1,4 +1,5 @@
-"""The data contract: the one place that says what a sensor reading is. Every part imports it.
+"""The data contract: the one place that says what a sensor reading is. Every part imports it; it imports
+nothing of the project (the bottom floor, with `runtime`).
 
 A reading, as the workshop's simulator printed it and as it travels on MQTT `iot/<sensor_id>` and Kafka `iot`:
 
