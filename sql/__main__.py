@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         statements = split_statements(args.file.read_text()) if args.file else [args.statement.rstrip("; \n")]
         settings = connection_settings()
-    except (OSError, ValueError) as exc:  # an unreadable -f FILE, a bad STACK_* setting
+    except (OSError, ValueError) as exc:  # an unreadable -f FILE, a malformed connection file
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -14,6 +14,8 @@ from impala.hiveserver2 import HiveServer2Connection, HiveServer2Cursor
 from thrift.Thrift import TException
 from thrift.transport.TTransport import TTransportException
 
+from runtime.settings import connection_settings
+
 # The Spark Thrift Server turns on Java 8 time objects in every session, but the Kudu connector converts
 # TIMESTAMPs as java.sql.Timestamp: an INSERT would fail with a ClassCastException. Impala has no such
 # option and refuses the statement, which is then skipped.
@@ -63,12 +65,18 @@ def _session(host: str, port: int, timeout_s: float) -> tuple[HiveServer2Connect
 
 @contextmanager
 def cursor(host: str | None = None, port: int | None = None, timeout_s: float = 60) -> Iterator:
-    """An impyla cursor (one SQL session) on SQL_HOST:SQL_PORT; arguments win over the environment.
+    """An impyla cursor (one SQL session) on SQL_HOST:SQL_PORT; arguments win over the connection settings
+    (`runtime.settings.connection_settings`: the environment, then the stack's connection file).
 
     `timeout_s` bounds each network read. SqlUnavailable when no session can be opened.
     """
-    host = host or os.environ.get("SQL_HOST", "127.0.0.1")
-    port = int(port or os.environ.get("SQL_PORT", "10000"))
+    if not (host and port):
+        settings = connection_settings()
+        host, port = host or settings.get("SQL_HOST"), port or settings.get("SQL_PORT")
+    if not (host and port):
+        raise SqlUnavailable("SQL_HOST and SQL_PORT are not set: run `make up` (writes .stack/connection.env) "
+                             "or export them")
+    port = int(port)
     try:
         conn, cur = _session(host, port, timeout_s)
     except (TException, OSError) as exc:
