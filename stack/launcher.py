@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from runtime.settings import read_env_file, write_env_file
-from stack import probes
+from runtime.waiting import port_open, wait_until
 from stack.config import StackConfig
 from stack.connection import local_stack_settings
 from stack.process import PidRecord, group_members, is_alive, kill_group, rss_bytes, spawn, stop_group
@@ -158,7 +158,7 @@ class Stack:
             if self.running(self.supervisor):
                 return
             self.start_process(self.supervisor, secrets)
-        probes.wait_until(lambda: self.supervisor.is_ready(secrets), 30, "the supervisor",
+        wait_until(lambda: self.supervisor.is_ready(secrets), 30, "the supervisor",
                           abort=lambda: None if self.running(self.supervisor)
                           else f"the supervisor exited; see {self.supervisor.log_file}")
 
@@ -188,7 +188,7 @@ class Stack:
             self.log(f"  {service.name:<13} started (pid {started[service.name].pid})")
         for service in services:
             t0 = time.monotonic()
-            probes.wait_until(
+            wait_until(
                 lambda s=service: s.is_ready(secrets), self.cfg.ready_timeout_s, f"{service.name}",
                 abort=lambda s=service: None if self.running(s) else f"the process exited; see {s.log_file}",
             )
@@ -200,7 +200,7 @@ class Stack:
         if service.listen_port is None:
             return
         port = service.listen_port
-        if probes.port_open(self.cfg.host, port):
+        if port_open(self.cfg.host, port):
             raise StackError(
                 f"{service.name}: port {port} on {self.cfg.host} is already in use by another process "
                 f"(not one this stack started). Stop it, or choose another port in stack/stack.toml "

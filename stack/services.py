@@ -17,6 +17,7 @@ from pathlib import Path
 from runtime.health import Health, read_health
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
 from runtime.spark import jvm_versions, spark_environment, spark_submit_command
+from runtime.waiting import http_ok
 from stack import probes
 from stack.config import StackConfig
 from stack.connection import local_stack_settings
@@ -277,7 +278,7 @@ class _KuduDaemon(Service):
         return kudu_environment(self.cfg.kudu_home)
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
-        return probes.http_ok(f"http://{self.cfg.host}:{self.web_port}/healthz")
+        return http_ok(f"http://{self.cfg.host}:{self.web_port}/healthz")
 
 
 class KuduMaster(_KuduDaemon):
@@ -397,7 +398,7 @@ class ModelServer(Service):
         return {**os.environ, **local_stack_settings(self.cfg, secrets), "MODEL_PATH": str(self.cfg.model_file)}
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
-        return probes.http_ok(f"{self.address}/health")
+        return http_ok(f"{self.address}/health")
 
 
 class _PipelineClient(Service):
