@@ -16,6 +16,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 
 @dataclass(frozen=True)
 class PidRecord:
@@ -34,18 +36,23 @@ class PidRecord:
             return None
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state is [0], pgid [2], start time [19])."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return raw[raw.rindex(")") + 2 :].split()
+# psutil's errors (gone, zombie, not ours to read) and the OSError it passes on when a /proc file vanishes.
+_GONE = (psutil.Error, OSError)
+
+
+def _ticks_since_boot(process: psutil.Process) -> str:
+    """Start time as /proc/<pid>/stat has it (clock ticks since boot), the form pid files have always held.
+
+    Boot-relative like psutil's own identity check: `create_time()` adds the boot time, which moves when the
+    wall clock is stepped, so a stored epoch time could stop matching a live daemon."""
+    return str(round((process.create_time() - psutil.boot_time()) * os.sysconf("SC_CLK_TCK")))
 
 
 def start_time_of(pid: int) -> str | None:
-    fields = _stat_fields(pid)
-    return fields[19] if fields else None
+    try:
+        return _ticks_since_boot(psutil.Process(pid))
+    except _GONE:
+        return None
 
 
 def _reap(pid: int) -> None:
@@ -57,19 +64,20 @@ def _reap(pid: int) -> None:
 def is_alive(record: PidRecord) -> bool:
     """True while the recorded process exists, is not a zombie, and is the same process (start time)."""
     _reap(record.pid)
-    fields = _stat_fields(record.pid)
-    return bool(fields) and fields[0] != "Z" and fields[19] == record.start_time
+    try:
+        process = psutil.Process(record.pid)
+        return process.status() != psutil.STATUS_ZOMBIE and _ticks_since_boot(process) == record.start_time
+    except _GONE:
+        return False
 
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group."""
     members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
+    for pid in psutil.pids():
+        with suppress(*_GONE):
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                members.append(pid)
     return members
 
 
@@ -77,23 +85,19 @@ def rss_bytes(pids: Iterable[int]) -> int:
     """Resident memory of the given processes, summed."""
     total = 0
     for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (FileNotFoundError, ProcessLookupError):
-            continue
+        with suppress(*_GONE):
+            total += psutil.Process(pid).memory_info().rss
     return total
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:
     """CPU time (user + system, including reaped children) of the given processes, summed."""
-    ticks = 0
+    total = 0.0
     for pid in pids:
-        fields = _stat_fields(pid)
-        if fields:
-            ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+        with suppress(*_GONE):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def spawn(command: list[str], log_file: Path, pid_file: Path, env: dict[str, str], cwd: Path) -> PidRecord:
