@@ -19,6 +19,8 @@ import pyspark
 from runtime.settings import install_dir
 
 JVM_POM = Path(__file__).resolve().parent / "jvm" / "pom.xml"
+# How `--packages` is resolved: from Maven Central only, into the ivy cache (`spark.jars.ivySettings`).
+IVY_SETTINGS = JVM_POM.parent / "ivysettings.xml"
 _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 
 
@@ -67,9 +69,14 @@ def ivy_dir() -> Path:
 def spark_submit_command(host: str, app: list[str], packages: list[str] | None = None,
                          conf: dict[str, str] | None = None, master: str = "local[*]",
                          submit_options: list[str] | None = None, ivy: Path | None = None) -> list[str]:
-    """A `spark-submit` command line with the connector cache (`ivy`, default `ivy_dir()`), bound to `host`."""
+    """A `spark-submit` command line with the connector cache (`ivy`, default `ivy_dir()`), bound to `host`.
+
+    `--packages` resolve from Maven Central only (`IVY_SETTINGS`) into that cache, and from the cache alone once
+    they are there.
+    """
     settings = {
         "spark.jars.ivy": str(ivy or ivy_dir()),
+        "spark.jars.ivySettings": str(IVY_SETTINGS),
         "spark.driver.host": host,
         "spark.driver.bindAddress": host,
         **(conf or {}),

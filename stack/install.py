@@ -1,25 +1,27 @@
 """Install the JVM parts of the stack from Maven Central, idempotently (the Python half of `make setup`).
 
 - Kafka broker jars and the Kudu server binaries: `mvn package` on runtime/jvm/pom.xml.
-- Spark connectors: resolved by `spark-submit --packages` into the stack's ivy cache, so later runs need no
-  network.
+- Spark connectors: resolved by `spark-submit --packages` from Maven Central (runtime/jvm/ivysettings.xml) into
+  the stack's ivy cache, so later runs need no network.
 - Secrets (MQTT password, model access key): generated once.
 
-Each step is skipped when a stamp file shows it was done for the same pinned versions.
+Each step is skipped when a stamp file shows it was done for the same pinned versions. The output is one progress
+line per step and a summary: Maven's and Ivy's own output is kept out of it unless the tool fails, and then its
+last lines are shown.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from runtime.spark import JVM_POM, connector_packages, spark_environment, spark_submit_command
+from runtime.spark import IVY_SETTINGS, JVM_POM, connector_packages, spark_environment, spark_submit_command
 from stack.config import StackConfig
 from stack.kudu_table import kudu_environment
 from stack.secrets import ensure_secrets
@@ -36,11 +38,21 @@ def _done(stamp: Path, fingerprint: str) -> bool:
     return stamp.exists() and stamp.read_text() == fingerprint
 
 
-def _run_streaming(command: list[str], env: dict[str, str] | None = None) -> None:
-    """Run a command with its output shown as it comes (Maven and ivy print their download progress)."""
-    result = subprocess.run(command, env=env)
+OUTPUT_TAIL_LINES = 40
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Maven's colour resets, printed even in batch mode
+
+
+def _run_quietly(command: list[str], env: dict[str, str] | None = None) -> None:
+    """Run a tool with its output (Maven's build log, Ivy's line per artifact) captured, not shown.
+
+    On failure the error carries the last `OUTPUT_TAIL_LINES` lines of that output: the tool's own reason.
+    """
+    result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
     if result.returncode != 0:
-        raise RuntimeError(f"command failed with exit code {result.returncode}: {' '.join(command)}")
+        tail = _ANSI.sub("", result.stdout).rstrip().splitlines()[-OUTPUT_TAIL_LINES:]
+        raise RuntimeError(f"command failed with exit code {result.returncode}: {' '.join(command)}\n"
+                           f"its last {len(tail)} lines of output:\n" + "\n".join(f"  | {line}" for line in tail))
 
 
 def install_jvm_parts(cfg: StackConfig) -> bool:
@@ -50,10 +62,9 @@ def install_jvm_parts(cfg: StackConfig) -> bool:
     fingerprint = _fingerprint(*poms)
     if _done(stamp, fingerprint) and cfg.kafka_libs.is_dir():
         return False
-    command = ["mvn", "-f", str(JVM_POM), f"-Dstack.home={cfg.install_dir}", "package"]
-    if not sys.stdout.isatty():
-        command.insert(1, "-B")  # batch mode: one line per download instead of a live progress bar
-    _run_streaming(command)
+    # Batch mode (no colours, no prompts), errors only (-q), no download lines.
+    _run_quietly(["mvn", "-B", "-q", "--no-transfer-progress", "-f", str(JVM_POM),
+                  f"-Dstack.home={cfg.install_dir}", "package"])
     _make_kudu_executable(cfg)
     _check_kudu_runs(cfg)
     stamp.write_text(fingerprint)
@@ -83,7 +94,7 @@ def install_spark_connectors(cfg: StackConfig) -> bool:
     """Resolve the Spark connectors into the ivy cache with spark-submit itself. True if resolved now."""
     packages = connector_packages()
     stamp = cfg.ivy_dir / ".installed"
-    fingerprint = _fingerprint(",".join(packages))
+    fingerprint = _fingerprint(",".join(packages), IVY_SETTINGS)
     if _done(stamp, fingerprint):
         return False
     cfg.ivy_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +103,7 @@ def install_spark_connectors(cfg: StackConfig) -> bool:
         noop.write_text("print('Spark connectors resolved')\n")
         command = spark_submit_command(cfg.host, ivy=cfg.ivy_dir, app=[str(noop)], packages=packages, master="local[1]",
                                        conf={"spark.ui.enabled": "false"})
-        _run_streaming(command, env=spark_environment(cfg.host))
+        _run_quietly(command, env=spark_environment(cfg.host))
     stamp.write_text(fingerprint)
     return True
 

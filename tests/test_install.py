@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from runtime.settings import REPO_ROOT
-from runtime.spark import connector_packages, spark_environment, spark_submit_command
+from runtime.spark import IVY_SETTINGS, connector_packages, spark_environment, spark_submit_command
 from stack.config import load_config
+from stack.install import OUTPUT_TAIL_LINES, _run_quietly
+
+PROGRESS_LINE = re.compile(r"\[install \d/\d\] .+|  already installed|setup done in .+")
 
 
 def test_install_again_installs_nothing():
@@ -19,6 +24,30 @@ def test_install_again_installs_nothing():
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("already installed") == 3
     assert "installed: nothing new" in result.stdout.splitlines()[-1]
+    assert [line for line in result.stdout.splitlines() if not PROGRESS_LINE.fullmatch(line)] == []
+    assert result.stderr == ""
+
+
+def test_spark_resolves_packages_from_maven_central_only():
+    """Every spark-submit uses runtime/jvm/ivysettings.xml: one resolver, Maven Central, no other repository."""
+    command = spark_submit_command("127.0.0.1", app=["x.py"], packages=["a:b:1"])
+    assert f"spark.jars.ivySettings={IVY_SETTINGS}" in command
+    root = ET.parse(IVY_SETTINGS).getroot()
+    resolvers = list(root.find("resolvers"))
+    assert [(r.tag, r.get("name"), r.get("root")) for r in resolvers] == [
+        ("ibiblio", "central", "https://repo1.maven.org/maven2/")]
+    assert root.find("settings").get("defaultResolver") == "central"
+
+
+def test_a_failing_tool_shows_the_tail_of_its_output():
+    """The install step hides a tool's output, but not when it fails: its last lines say why."""
+    script = "for i in $(seq 1 100); do echo line $i; done; echo 'the reason' >&2; exit 3"
+    with pytest.raises(RuntimeError) as failure:
+        _run_quietly(["sh", "-c", script])
+    message = str(failure.value)
+    assert "exit code 3" in message
+    assert "the reason" in message and "line 100" in message
+    assert f"line {100 - OUTPUT_TAIL_LINES + 2}\n" in message and f"line {100 - OUTPUT_TAIL_LINES + 1}\n" not in message
 
 
 def _can_unshare_network() -> bool:
