@@ -23,13 +23,12 @@ import sys
 import time
 
 import numpy as np
-import requests
 
 from contract import format_feature_string
+from model import client
 from model.registry import load_served_model, model_path
 from model.server.scoring import ModelHolder
 from model.train import held_out_split
-from model.wire import ARROW_STREAM, ipc_to_results, rows_to_ipc
 from runtime.waiting import http_ok, wait_until
 
 
@@ -71,21 +70,16 @@ def main(argv: list[str] | None = None) -> None:
     server = subprocess.Popen([sys.executable, "-m", "model", "serve", "--port", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {key}"
+    session = client.session()
+    call = {"model_url": base, "access_key": key, "attempts": 1, "session": session}  # a failure fails the bench
     try:
         wait_until(lambda: http_ok(f"{base}/health"), 60, "model server")
 
         def via_arrow(chunk: np.ndarray) -> np.ndarray:
-            response = session.post(f"{base}/predict/batch", data=rows_to_ipc(chunk),
-                                    headers={"Content-Type": ARROW_STREAM}, timeout=60)
-            response.raise_for_status()
-            return ipc_to_results(response.content)
+            return client.score_batch(chunk, timeout_s=60, **call)
 
         def via_json(chunk: np.ndarray) -> np.ndarray:
-            response = session.post(f"{base}/predict/batch", json={"rows": chunk.tolist()}, timeout=60)
-            response.raise_for_status()
-            return np.array(response.json()["results"])
+            return client.score_batch_json(chunk, timeout_s=60, **call)
 
         print(f"\n{'batch':>7}  {'sklearn 1 core':>14}  {'in-process':>11}  {'HTTP Arrow':>11}  {'ratio':>6}  "
               f"{'HTTP JSON':>10}  {'ratio':>6}   (rows/s; ratio = in-process / HTTP)")
@@ -101,11 +95,10 @@ def main(argv: list[str] | None = None) -> None:
 
         latencies = []
         for row in rows[: args.single_calls]:
-            body = {"feature": format_feature_string(row)}
+            feature = format_feature_string(row)
             start = time.perf_counter()
-            response = session.post(f"{base}/predict", json=body, timeout=10)
+            client.predict(feature, timeout_s=10, **call)
             latencies.append(time.perf_counter() - start)
-            response.raise_for_status()
         local_latencies = []
         for row in rows[: args.single_calls]:
             start = time.perf_counter()
@@ -117,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
               f"(in-process predict of one row: p50 {l50:.2f} ms, p99 {l99:.2f} ms)")
         print("answers: equal to scikit-learn's predict on every held-out row, in-process and over HTTP")
     finally:
+        session.close()
         server.terminate()
         server.wait(timeout=30)
 

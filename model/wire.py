@@ -1,4 +1,5 @@
-"""The model server's compact batch format: Arrow IPC streams, one module for the server and its clients.
+"""The model server's compact batch format: Arrow IPC streams, one module for the server (model/server/api.py)
+and its client (model/client.py).
 
 Request: columns sensor_0..sensor_11, integer or float, one row per reading (other flat columns are skipped).
 Answer: one int8 column `result`.

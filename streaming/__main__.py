@@ -1,7 +1,8 @@
 """`python -m streaming [job options]`: print and run the lab-9 job's spark-submit command.
 
 Connection settings (KAFKA_BOOTSTRAP, KUDU_MASTER, MODEL_URL, MODEL_ACCESS_KEY) come from the environment or
-.stack/connection.env; job options (see `--help`) are passed through to streaming/kafka_to_kudu.py.
+.stack/connection.env; job options (see `--help`) are checked here (streaming/options.py: a wrong one exits 2
+before spark-submit starts) and passed through to streaming/kafka_to_kudu.py.
 SPARK_MASTER (default `local[*]`) picks the cluster, e.g. `spark://spark-master:7077` under Compose;
 SPARK_LOCAL_IP (default 127.0.0.1) the driver's address; STACK_INSTALL_DIR (default `.stack`) holds the connector
 cache (`ivy/`).
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from runtime.settings import connection_settings, require
 from runtime.spark import connector_packages, spark_environment, spark_submit_command
+from streaming.options import parse_args
 
 JOB = Path(__file__).resolve().parent / "kafka_to_kudu.py"
 SETTINGS = ("KAFKA_BOOTSTRAP", "KUDU_MASTER", "MODEL_URL", "MODEL_ACCESS_KEY")  # what the job reads
@@ -34,8 +36,10 @@ def job_command(job_args: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     job_args = sys.argv[1:] if argv is None else argv
     settings = connection_settings()
-    if "-h" not in job_args and "--help" not in job_args:
-        require(settings, *SETTINGS)
+    # The job's own parser, on the environment the job will get: `--help` and a wrong option end here, in a second,
+    # not after the JVM has started.
+    parse_args(job_args, env={**os.environ, **settings})
+    require(settings, *SETTINGS)
     command = job_command(job_args)
     print("$ " + " ".join(shlex.quote(part) for part in command), file=sys.stderr, flush=True)
     env = {**spark_environment(spark_host()), **settings}

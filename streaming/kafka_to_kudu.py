@@ -1,16 +1,29 @@
-"""Lab 9: score every reading of Kafka topic `iot` with the model server and write it into Kudu `sensors`.
+r"""Lab 9: score every reading of Kafka topic `iot` with the model server and write it into Kudu `sensors`.
 
-Usage:
-    spark-submit --master "local[*]" --packages <kafka and kudu connectors> streaming/kafka_to_kudu.py [options]
-    python -m streaming [options]        # prints and runs that exact spark-submit command
+Usage (from the repository root, in the project's virtualenv, with MODEL_ACCESS_KEY and the connection settings
+KAFKA_BOOTSTRAP, KUDU_MASTER, MODEL_URL in the environment: `set -a; source .stack/connection.env; set +a`):
 
-Each micro-batch: read Kafka (from the earliest offset on the first run), check each record against the data
-contract, score the valid ones in one Arrow call per partition to the model server's batch endpoint, INSERT
-them into Kudu, and send the rest to the dead-letter topic with the reason: records that are not readings, and
-conflicts (a different reading under a key that is already stored; the stored one is kept). Only when the INSERT
-finds a key already stored (a replay after a crash, or a conflict) is the batch compared with what Kudu holds
-under its keys: a replayed batch finds its own rows and writes nothing twice. Kafka offsets live in the
-checkpoint.
+    spark-submit --master "local[*]" \
+        --packages org.apache.spark:spark-sql-kafka-0-10_2.12:3.5.7,org.apache.kudu:kudu-spark3_2.12:1.18.1 \
+        streaming/kafka_to_kudu.py [options]
+
+    python -m streaming [options]   # checks the options, then prints and runs that command (adding the connector
+                                    # cache and the driver's address), with the settings of .stack/connection.env
+
+Options: `--help`. streaming/options.py checks every one (ranges, topics, host:port lists, URLs, the
+--kafka-option KEY=VALUE settings) before Spark starts; a wrong one exits 2 with the option and value named.
+
+Each micro-batch (`write_batch`), in three steps:
+  1. summarise (`summarise`): read Kafka (from the earliest offset on the first run), check each record against
+     the data contract, score the valid ones in one Arrow call per partition to the model server's batch endpoint
+     (`model.client`), and count them;
+  2. write scored (`write_scored`): INSERT the new readings into Kudu;
+  3. write dead letters (`write_batch_dead_letters`): send the rest to the dead-letter topic with the reason:
+     records that are not readings, and conflicts (a different reading under a key that is already stored; the
+     stored one is kept).
+Only when the INSERT finds a key already stored (a replay after a crash, or a conflict) is the batch compared with
+what Kudu holds under its keys: a replayed batch finds its own rows and writes nothing twice. Kafka offsets live
+in the checkpoint.
 
 Nothing stops the job for longer than an outage: while the model server, Kudu or Kafka is away, the batch waits
 with capped backoff and retries (rows already scored are not scored again while Kudu is away) and the health
@@ -30,7 +43,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
-from pathlib import Path
 from typing import TypeVar
 
 from pyspark.errors import StreamingQueryException
@@ -47,11 +59,12 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from contract import ID_FIELD, LABEL, MAX_NESTING, MAX_PAYLOAD_BYTES, SENSOR_FIELDS, TS_FIELD
+from contract import ID_FIELD, LABEL, SENSOR_FIELDS, TS_FIELD
 from runtime.health import Health, HealthReporter
 from runtime.retry import Backoff
 from runtime.waiting import http_ok, port_open
-from streaming.scoring import INPUT_COLUMNS, SCORERS, check_and_score
+from streaming.options import kafka_options, parse_args
+from streaming.scoring import INPUT_COLUMNS, check_and_score
 
 OUTPUT_SCHEMA = StructType([
     StructField("kind", StringType()),
@@ -72,54 +85,6 @@ STUCK_EXIT = 4
 UNPROCESSABLE_AFTER = 5  # failures in a row, none blaming a dependency, before a batch is dead-lettered whole
 log = logging.getLogger("streaming")
 T = TypeVar("T")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(prog="kafka_to_kudu.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bootstrap-servers", default=env("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
-    parser.add_argument("--topic", default="iot")
-    parser.add_argument("--dead-letter-topic", default="iot.dlq")
-    parser.add_argument("--kudu-master", default=env("KUDU_MASTER", "127.0.0.1:7051"))
-    parser.add_argument("--kudu-table", default="impala::default.sensors")
-    parser.add_argument("--model-url", default=env("MODEL_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--scoring", choices=sorted(SCORERS), default="batch",
-                        help="batch: one model call per partition batch (default); per-record: the workshop's "
-                             "one call per reading, kept as the benchmark's baseline")
-    parser.add_argument("--trigger-seconds", type=float, default=1.0, help="micro-batch interval (default 1 s)")
-    parser.add_argument("--max-offsets-per-trigger", type=int, default=200_000,
-                        help="upper bound of records per micro-batch (default 200,000)")
-    parser.add_argument("--checkpoint", default=env("STREAMING_CHECKPOINT", ".stack/data/checkpoints/kafka_to_kudu"))
-    parser.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a Kafka client setting for the source and the dead-letter sink, repeatable: e.g. "
-                             "security.protocol=SASL_SSL (see docs/cluster.md)")
-    parser.add_argument("--fail-on-data-loss", action=argparse.BooleanOptionalAction, default=True,
-                        help="stop (exit 3) if Kafka deleted offsets the checkpoint wants (default); "
-                             "--no-fail-on-data-loss logs it and goes on from what is left")
-    parser.add_argument("--max-payload-bytes", type=int, default=MAX_PAYLOAD_BYTES,
-                        help=f"larger records are dead-lettered (default {MAX_PAYLOAD_BYTES:,})")
-    parser.add_argument("--max-nesting", type=int, default=MAX_NESTING,
-                        help=f"records nested deeper are dead-lettered (default {MAX_NESTING})")
-    parser.add_argument("--restart-delay-seconds", type=float, default=1.0,
-                        help="first pause before retrying after a failure; it doubles up to --max-backoff-seconds")
-    parser.add_argument("--max-backoff-seconds", type=float, default=30.0,
-                        help="longest pause between retries while a dependency is away (default 30 s)")
-    parser.add_argument("--stuck-batch-seconds", type=float, default=300.0,
-                        help="a batch running this long without waiting on anything makes the job degraded; "
-                             "twice as long, the job exits (exit 4) to be restarted from its checkpoint")
-    parser.add_argument("--health-file", type=Path, help="where to write the job's state every 2 s")
-    return parser.parse_args(argv)
-
-
-def kafka_options(args: argparse.Namespace) -> dict[str, str]:
-    """The Kafka client settings: the bootstrap servers and every --kafka-option, prefixed `kafka.` for Spark."""
-    options = {"kafka.bootstrap.servers": args.bootstrap_servers}
-    for option in args.kafka_option:
-        key, sep, value = option.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"error: --kafka-option {option!r} is not KEY=VALUE")
-        options[f"kafka.{key}"] = value
-    return options
 
 
 def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
@@ -229,7 +194,9 @@ def first_line(exc: BaseException) -> str:
     """The line of a (Py4J- and Spark-wrapped) exception that names its cause, short: our own ModelUnavailable,
     else the deepest `Caused by:`, else the first line naming an exception."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith("at ")]
-    ours = [line for line in lines if "ModelUnavailable" in line]
+    # The exception's own line ("model.client.ModelUnavailable: ..."), not the traceback's source line that raised it.
+    ours = [line for line in lines if "ModelUnavailable: " in line] or [line for line in lines
+                                                                       if "ModelUnavailable" in line]
     causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by:")]
     named = [line for line in lines if re.search(r"(Exception|Error)\b", line)]
     return (ours or causes[-1:] or named or lines or [repr(exc)])[0][:300]
@@ -368,11 +335,62 @@ def write_dead_letters(dead: DataFrame, args: argparse.Namespace, kafka: dict[st
      .write.format("kafka").options(**kafka).option("topic", args.dead_letter_topic).save())
 
 
+@dataclass(frozen=True)
+class BatchContext:
+    """What every micro-batch needs: the options, the job's status, the backoff, the dead-letter sink's settings."""
+    args: argparse.Namespace
+    status: JobStatus
+    backoff: Backoff
+    dead_letter_kafka: dict[str, str]
+
+
+def summarise(scored: DataFrame, batch_id: int, ctx: BatchContext) -> Summary:
+    """Step 1: read, check and score the batch (`summarize`), waiting out an outage of the model server or Kafka.
+    BatchUnprocessable after UNPROCESSABLE_AFTER failures in a row that blame no dependency."""
+    return until_done(ctx.status, "score", f"batch {batch_id}: reading and scoring", lambda: summarize(scored),
+                      ctx.backoff, unprocessable_after=UNPROCESSABLE_AFTER)
+
+
+def write_scored(spark: SparkSession, scored: DataFrame, summary: Summary, batch_id: int, ctx: BatchContext
+                 ) -> tuple[DataFrame | None, dict[str, int]]:
+    """Step 2: the batch's new readings into Kudu (`write_readings`); the readings marked, and counts by mark (None
+    and no counts for a batch without readings)."""
+    if not summary.scored:
+        return None, {}
+    return write_readings(spark, scored, summary, ctx.args, ctx.status, ctx.backoff, batch_id)
+
+
+def write_batch_dead_letters(batch: DataFrame, scored: DataFrame, classified: DataFrame | None, summary: Summary,
+                             counts: dict[str, int], batch_id: int, ctx: BatchContext) -> None:
+    """Step 3: the records that are not readings, and the conflicts with their original records, to the
+    dead-letter topic (nothing is written if there are none)."""
+    dead = scored.where("kind = 'dead'").select("value", "reason", "field", "partition", "offset",
+                                                 F.lit("invalid").alias("dead_kind"))
+    if counts.get("conflict"):
+        dead = dead.unionByName(conflicts_with_originals(classified, batch))
+    if summary.dead or counts.get("conflict"):
+        until_done(ctx.status, "kafka", f"batch {batch_id}: writing dead letters",
+                   lambda: write_dead_letters(dead, ctx.args, ctx.dead_letter_kafka), ctx.backoff)
+
+
+def report_batch(status: JobStatus, batch_id: int, summary: Summary, counts: dict[str, int], started: float,
+                 scoring_s: float) -> None:
+    """The batch's one log line, and its counts into the job's status."""
+    total_s = time.monotonic() - started
+    rows, conflicts, replayed = counts.get("new", 0), counts.get("conflict", 0), counts.get("same", 0)
+    lag_s = f"{time.time() - summary.ts_min.timestamp():.1f} s" if summary.ts_min else "-"
+    line = (f"batch {batch_id}: {rows} rows, {summary.dead} dead-lettered, {conflicts} conflicts, {replayed} "
+            f"already stored, {rows / total_s if total_s else 0:.0f} rows/s, scoring {scoring_s:.2f} s, "
+            f"write {total_s - scoring_s:.2f} s, lag {lag_s}")
+    status.batch_done(rows, summary.dead + conflicts, conflicts, line)
+    log.info(line)
+
+
 def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
-    """The foreachBatch function: score, insert the new into Kudu, dead-letter the rest, log one line."""
+    """The foreachBatch function: summarise, write scored, write dead letters, log one line."""
     # Our dead letters are written like the gateway's records: every replica acknowledges, no duplicates on retry.
     dead_letter_kafka = {**kafka_options(args), "kafka.acks": "all", "kafka.enable.idempotence": "true"}
-    backoff = Backoff(args.restart_delay_seconds, args.max_backoff_seconds)
+    ctx = BatchContext(args, status, Backoff(args.restart_delay_seconds, args.max_backoff_seconds), dead_letter_kafka)
 
     def score(batches):
         return check_and_score(batches, args.model_url, access_key, args.scoring, args.max_payload_bytes,
@@ -387,35 +405,18 @@ def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
         classified = None
         try:
             try:
-                summary = until_done(status, "score", f"batch {batch_id}: reading and scoring",
-                                     lambda: summarize(scored), backoff,
-                                     unprocessable_after=UNPROCESSABLE_AFTER)
+                summary = summarise(scored, batch_id, ctx)
             except BatchUnprocessable as exc:
-                dead_letter_whole_batch(batch, batch_id, str(exc), args, dead_letter_kafka, status, backoff)
+                dead_letter_whole_batch(batch, batch_id, str(exc), args, dead_letter_kafka, status, ctx.backoff)
                 return
             scoring_s = time.monotonic() - started
-            dead = scored.where("kind = 'dead'").select("value", "reason", "field", "partition", "offset",
-                                                         F.lit("invalid").alias("dead_kind"))
-            counts = {}
-            if summary.scored:
-                classified, counts = write_readings(spark, scored, summary, args, status, backoff, batch_id)
-                if counts.get("conflict"):
-                    dead = dead.unionByName(conflicts_with_originals(classified, batch))
-            if summary.dead or counts.get("conflict"):
-                until_done(status, "kafka", f"batch {batch_id}: writing dead letters",
-                           lambda: write_dead_letters(dead, args, dead_letter_kafka), backoff)
+            classified, counts = write_scored(spark, scored, summary, batch_id, ctx)
+            write_batch_dead_letters(batch, scored, classified, summary, counts, batch_id, ctx)
         finally:
             scored.unpersist()
             if classified is not None:
                 classified.unpersist()
-        total_s = time.monotonic() - started
-        rows, conflicts, replayed = counts.get("new", 0), counts.get("conflict", 0), counts.get("same", 0)
-        lag_s = f"{time.time() - summary.ts_min.timestamp():.1f} s" if summary.ts_min else "-"
-        line = (f"batch {batch_id}: {rows} rows, {summary.dead} dead-lettered, {conflicts} conflicts, {replayed} "
-                f"already stored, {rows / total_s if total_s else 0:.0f} rows/s, scoring {scoring_s:.2f} s, "
-                f"write {total_s - scoring_s:.2f} s, lag {lag_s}")
-        status.batch_done(rows, summary.dead + conflicts, conflicts, line)
-        log.info(line)
+        report_batch(status, batch_id, summary, counts, started, scoring_s)
 
     return process
 

@@ -1,7 +1,8 @@
 """Per-partition work of the streaming job: check each Kafka record against the contract, score the valid ones
 with the model server in one batch call, and return scored rows and dead letters side by side.
 
-Used inside Spark's `mapInPandas`; plain pandas in, plain pandas out, so it is tested without Spark. Total: any
+Used inside Spark's `mapInPandas`; plain pandas in, plain pandas out, so it is tested without Spark. The calls to
+the model server (retries, the wire format, refused rows split off) are `model.client`'s. Total: any
 record (a null value, any bytes) becomes a scored row or a dead letter with its reason; only an unreachable
 model server fails the batch (the job then waits for it).
 
@@ -13,12 +14,10 @@ Kafka partitions together, so this sees every repeat of a key within a micro-bat
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
-import requests
 
 from contract import (
     ID_FIELD,
@@ -28,87 +27,14 @@ from contract import (
     SENSOR_FIELDS,
     TS_FIELD,
     InvalidReading,
-    clip,
-    format_feature_string,
     parse_reading,
 )
-from model.wire import ARROW_STREAM, ipc_to_results, rows_to_ipc
+from model.client import SCORERS, score_or_refuse, session
 
 # Columns of what mapInPandas returns (see OUTPUT_SCHEMA in the job): `kind` tells scored rows from dead letters.
 OUTPUT_COLUMNS = ["kind", ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, "value", "reason", "field", "partition", "offset",
                   "conflict"]
 INPUT_COLUMNS = ["value", "partition", "offset"]
-
-
-class ModelUnavailable(RuntimeError):
-    """The model server did not answer after the bounded retries: the micro-batch must fail, not skip."""
-
-
-class RowsRefused(ValueError):
-    """The model server refused the rows (HTTP 400, or 413 for too many): retrying them as they are cannot help."""
-
-
-def _post_with_retries(session, url: str, attempts: int, timeout_s: float, **request) -> requests.Response:
-    """POST with bounded retries and backoff; the response once it is 200, ModelUnavailable otherwise."""
-    problem = "no attempt made"
-    for attempt in range(attempts):
-        try:
-            response = session.post(url, timeout=timeout_s, **request)
-            if response.status_code == 200:
-                return response
-            problem = f"HTTP {response.status_code}: {response.text[:300]}"
-            if response.status_code in (400, 413):
-                raise RowsRefused(problem)  # the rows themselves, or too many at once: the caller splits them
-            if response.status_code in (401, 415):
-                break  # retrying cannot fix the key or the request's form
-        except requests.RequestException as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        time.sleep(min(2**attempt * 0.5, 8))  # backoff between retries
-    raise ModelUnavailable(f"model server {url} failed {attempts} time(s); last: {problem}")
-
-
-def score_batch(rows: np.ndarray, model_url: str, access_key: str, timeout_s: float = 30,
-                attempts: int = 5, session: requests.Session | None = None) -> np.ndarray:
-    """Verdicts for an (n, 12) array in one call to the model server's Arrow batch endpoint."""
-    response = _post_with_retries(
-        session or requests, f"{model_url}/predict/batch", attempts, timeout_s, data=rows_to_ipc(rows),
-        headers={"Content-Type": ARROW_STREAM, "Authorization": f"Bearer {access_key}"})
-    return ipc_to_results(response.content)
-
-
-def score_each(rows: np.ndarray, model_url: str, access_key: str, timeout_s: float = 30,
-               attempts: int = 5, session: requests.Session | None = None) -> np.ndarray:
-    """The workshop's way, kept as the baseline: one call per reading to the CDSW-shaped endpoint."""
-    url = f"{model_url}/api/altus-ds-1/models/call-model"
-    http = session or requests
-
-    def one(row: np.ndarray) -> int:
-        body = {"accessKey": access_key, "request": {"feature": format_feature_string(row)}}
-        return _post_with_retries(http, url, attempts, timeout_s, json=body).json()["response"]["result"]
-
-    return np.array([one(row) for row in rows], dtype=np.int8)
-
-
-SCORERS = {"batch": score_batch, "per-record": score_each}
-
-
-def score_or_refuse(score, features: np.ndarray, **call) -> tuple[np.ndarray, dict[int, str]]:
-    """Verdicts for the rows the model server takes, and the reason for each row it refuses (by bisection:
-    one refused row must not cost the others their verdicts). Unrefused rows only fail with ModelUnavailable."""
-    verdicts = np.full(len(features), -1, dtype=np.int32)
-    refused: dict[int, str] = {}
-    pending = [(0, len(features))]
-    while pending:
-        start, stop = pending.pop()
-        try:
-            verdicts[start:stop] = score(features[start:stop], **call)
-        except RowsRefused as exc:
-            if stop - start == 1:
-                refused[start] = f"the model server refused the row: {clip(str(exc), 300)}"
-            else:
-                middle = (start + stop) // 2
-                pending += [(start, middle), (middle, stop)]
-    return verdicts, refused
 
 
 REPEAT = "repeat"
@@ -176,14 +102,14 @@ def check_and_score(batches: Iterator[pd.DataFrame], model_url: str, access_key:
     `scoring`: "batch" (one call per partition batch) or "per-record" (the workshop's baseline)."""
     score = SCORERS[scoring]
     tracker = KeyTracker()
-    with requests.Session() as session:
+    with session() as http:
         for batch in batches:
             good, dead = check_records(batch, tracker, max_bytes, max_nesting)
             out = []
             if good:
                 features = np.array([[r[name] for name in SENSOR_FIELDS] for r in good], dtype=np.float64)
                 verdicts, refused = score_or_refuse(score, features, model_url=model_url, access_key=access_key,
-                                                    session=session)
+                                                    session=http)
                 frame, refused_rows = scored_frame(good, verdicts, refused)
                 out.append(frame)
                 dead += refused_rows

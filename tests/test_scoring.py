@@ -1,4 +1,5 @@
-"""The streaming job's per-partition work (streaming/scoring.py) against the stack's real model server."""
+"""The streaming job's per-partition work (streaming/scoring.py) and the model client it scores with
+(model/client.py) against the stack's real model server."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 
 from contract import SENSOR_FIELDS
+from model.client import ModelUnavailable, score_batch, score_or_refuse, session
 from model.data import load_history
 from model.registry import load_served_model
-from streaming.scoring import ModelUnavailable, check_and_score, score_batch, score_or_refuse
+from streaming.scoring import check_and_score
 
 pytestmark = pytest.mark.stack
 
@@ -61,7 +62,7 @@ def test_a_row_the_model_server_refuses_costs_only_itself_its_verdict(model_serv
     url, key = model_server
     _, features = readings(8)
     features[5, 3] = 1e39  # beyond float32: the server refuses the row (HTTP 400); the contract never lets it by
-    with requests.Session() as session:
-        verdicts, refused = score_or_refuse(score_batch, features, model_url=url, access_key=key, session=session)
+    with session() as http:
+        verdicts, refused = score_or_refuse(score_batch, features, model_url=url, access_key=key, session=http)
     assert list(refused) == [5] and "refused the row" in refused[5]
     assert set(verdicts[[0, 1, 2, 3, 4, 6, 7]]) <= {0, 1}
