@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
 from bench.processes import (
     forget_sessions,
@@ -49,7 +48,9 @@ from bench.processes import (
     start_until_up,
     stop_group,
 )
+from runtime.kafka import ensure_topic
 from runtime.settings import REPO_ROOT, connection_settings, require
+from runtime.waiting import wait_until
 from simulator.config import SimulatorConfig, load_simulator_config
 from simulator.publisher import run
 from sql.client import cursor
@@ -175,13 +176,10 @@ class QueryablePoller(threading.Thread):
             self.error = exc
 
     def wait_for(self, what: str, done: Callable[[], bool], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if self.error:
-                raise RuntimeError(f"polling Kudu failed: {self.error}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not done after {timeout_s:.0f} s (count {self.count:,})")
-            time.sleep(POLL_S)  # the main thread checks the poller's progress
+        """Until done() (the poller's progress, checked by the main thread), the poller failed, or the time is up.
+        The figures are the poller's own timestamps: how often this checks does not change them."""
+        wait_until(done, timeout_s, what,
+                   abort=lambda: f"polling Kudu failed: {self.error}" if self.error else None)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -208,9 +206,7 @@ class Pipeline:
         self.job_log.parent.mkdir(parents=True, exist_ok=True)
         self.job_log.write_text("")
         print(f"  {self.scoring:<10} starting its gateway and streaming job (job log: {self.job_log})", flush=True)
-        admin = KafkaAdminClient(bootstrap_servers=self.settings["KAFKA_BOOTSTRAP"])
-        admin.create_topics([NewTopic(self.topic, load_config().kafka_iot_partitions, 1)])
-        admin.close()
+        ensure_topic(self.settings["KAFKA_BOOTSTRAP"], self.topic, load_config().kafka_iot_partitions)
         self.job = start_until_up(
             [sys.executable, "-m", "streaming", "--topic", self.topic, "--scoring", self.scoring,
              "--kudu-table", impala_kudu_table_name(SQL_TABLE), "--trigger-seconds", "1",

@@ -48,6 +48,7 @@ from contract import (
 )
 from runtime.health import Health
 from runtime.retry import Backoff
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
 from runtime.waiting import port_open
 
 log = logging.getLogger("gateway")
@@ -76,8 +77,8 @@ class GatewaySettings:
     gateway_id: str
     topic_filter: str = "iot/#"
     share_group: str = "iot-gateway"
-    kafka_topic: str = "iot"
-    dead_letter_topic: str = "iot.dlq"
+    kafka_topic: str = IOT_TOPIC
+    dead_letter_topic: str = DEAD_LETTER_TOPIC
     metrics_interval_s: float = 10.0
     workers: int = 1
     # The bound of what one worker holds: the broker sends at most this many unacknowledged messages, and we

@@ -30,6 +30,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from contract import ID_FIELD, TS_FIELD, InvalidReading, parse_reading
 from runtime.health import read_health
+from runtime.kafka import end_offsets
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
 from sql.client import query
 
@@ -140,14 +141,15 @@ def _records_since(consumer: KafkaConsumer, topic: str, since_ms: int) -> Iterat
     if not partitions:
         return
     consumer.assign(partitions)
-    ends = consumer.end_offsets(partitions)
+    ends = end_offsets(consumer, topic)
     starts = consumer.offsets_for_times({tp: since_ms for tp in partitions})
     remaining = {}
     for tp in partitions:
-        start = starts[tp].offset if starts.get(tp) else ends[tp]
+        end = ends[tp.partition]
+        start = starts[tp].offset if starts.get(tp) else end
         consumer.seek(tp, start)
-        if start < ends[tp]:
-            remaining[tp] = ends[tp]
+        if start < end:
+            remaining[tp] = end
     while remaining:
         for tp, batch in consumer.poll(timeout_ms=1000, max_records=10_000).items():
             for record in batch:
@@ -227,13 +229,8 @@ def count_dead_letters(records: Iterator, scope: Scope, counts: Counts) -> None:
 def job_pending(bootstrap: str, checkpoint: Path) -> int:
     """Records of `iot` after the last batch the job committed (all partitions; 0 if it has caught up)."""
     committed = _committed_offsets(checkpoint)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="stack-audit")
-    try:
-        partitions = [TopicPartition(IOT_TOPIC, p) for p in consumer.partitions_for_topic(IOT_TOPIC) or []]
-        ends = consumer.end_offsets(partitions)
-    finally:
-        consumer.close()
-    return sum(max(0, end - committed.get(tp.partition, 0)) for tp, end in ends.items())
+    ends = end_offsets(bootstrap, IOT_TOPIC)
+    return sum(max(0, end - committed.get(partition, 0)) for partition, end in ends.items())
 
 
 def _committed_offsets(checkpoint: Path) -> dict[int, int]:

@@ -230,19 +230,12 @@ class Kafka(Service):
         return True
 
     def initialise(self, secrets: dict[str, str]) -> str | None:
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
+        from runtime.kafka import ensure_topic
 
         wanted = {IOT_TOPIC: self.cfg.kafka_iot_partitions, DEAD_LETTER_TOPIC: 1}
-        missing = sorted(set(wanted) - probes.kafka_topics(self.cfg.kafka_bootstrap))
-        if not missing:
-            return None
-        admin = KafkaAdminClient(bootstrap_servers=self.cfg.kafka_bootstrap, client_id="stack-init")
-        try:
-            admin.create_topics([NewTopic(name, wanted[name], 1) for name in missing])
-        finally:
-            admin.close()
-        return f"created topic(s) {', '.join(missing)}"
+        created = [name for name, partitions in sorted(wanted.items())
+                   if ensure_topic(self.cfg.kafka_bootstrap, name, partitions, client_id="stack-init")]
+        return f"created topic(s) {', '.join(created)}" if created else None
 
 
 class _KuduDaemon(Service):

@@ -24,7 +24,6 @@ from simulator.publisher import run
 from sql.client import query
 from stack.compose import COMPOSE_FILE, compose_settings, interpolate, load_compose
 from streaming.__main__ import SETTINGS as STREAMING_SETTINGS
-from tests.conftest import free_ports
 
 COMPOSE = load_compose()
 SERVICES = COMPOSE["services"]
@@ -152,7 +151,7 @@ def test_compose_secrets_writes_a_private_env_file_once(tmp_path):
 @pytest.mark.stack
 @pytest.mark.slow
 def test_gateway_model_server_and_job_run_unchanged_on_the_settings_compose_gives_them(
-        local_stack, secrets, served_model_file, tmp_path):
+        local_stack, secrets, served_model_file, tmp_path, free_ports):
     """The Compose services' variables, hosts mapped to the local stack: readings reach Kudu, scored."""
     cfg = local_stack.cfg
     (model_port,) = free_ports(1)

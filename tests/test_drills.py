@@ -23,18 +23,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from runtime.settings import DEAD_LETTER_TOPIC
+from runtime.settings import DEAD_LETTER_TOPIC, SQL_TABLE
 from runtime.waiting import wait_until
 from sql.client import query
 from stack.audit import Scope, audit, format_audit
 from stack.config import load_config
 from stack.launcher import Stack
 from stack.process import PidRecord, is_alive
-from stack.secrets import ensure_secrets
-from tests.conftest import Pipeline, stack_environment
 from tests.poison import CORPUS, reading
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.drill]
@@ -60,12 +59,12 @@ class Drill:
     """What a fault needs to know of the drill it is injected into."""
 
     stack: Stack
-    pipeline: Pipeline
+    pipeline: Any  # a Pipeline (tests/fixtures/pipeline.py) on the drills' stack
     first_id: int  # the stream's machines are first_id .. first_id + MACHINES - 1
 
 
 @pytest.fixture(scope="module")
-def drill_stack(served_model_file, tmp_path_factory) -> Stack:
+def drill_stack(served_model_file, tmp_path_factory, stack_environment) -> Stack:
     """A whole stack of the drills' own, streaming job and supervisor included."""
     cfg = load_config(environ=stack_environment(tmp_path_factory.mktemp("drill-stack")))
     cfg.model_file.parent.mkdir(parents=True, exist_ok=True)
@@ -79,10 +78,10 @@ def drill_stack(served_model_file, tmp_path_factory) -> Stack:
 
 
 @pytest.fixture(scope="module")
-def run_drill(drill_stack, tmp_path_factory, drill_results):
+def run_drill(drill_stack, tmp_path_factory, drill_results, pipeline_for):
     """`run_drill(name, fault, poison=0)`: stream readings, call fault(drill) at a random moment (it returns
     once the fault has ended), measure the recovery, reconcile exactly, and record the result."""
-    pipeline = Pipeline(drill_stack, ensure_secrets(drill_stack.cfg.secrets_file), tmp_path_factory.mktemp("drills"))
+    pipeline = pipeline_for(drill_stack, tmp_path_factory.mktemp("drills"))
     numbers = itertools.count()
 
     def run(name: str, fault: Callable[[Drill], None], poison: int = 0, tolerated_loss: int = 0) -> None:
@@ -120,7 +119,7 @@ def run_drill(drill_stack, tmp_path_factory, drill_results):
     return run
 
 
-def start_readings(pipeline: Pipeline, first_id: int) -> tuple[subprocess.Popen, Path, int]:
+def start_readings(pipeline, first_id: int) -> tuple[subprocess.Popen, Path, int]:
     """The steady stream: the simulator at RATE readings/s, as its own process, recording what it published."""
     cfg, secrets = pipeline.cfg, pipeline.secrets
     config = pipeline.workdir / f"sim-{first_id}.config"
@@ -138,7 +137,7 @@ def start_readings(pipeline: Pipeline, first_id: int) -> tuple[subprocess.Popen,
     return process, record, started_us
 
 
-def recovery_time(pipeline: Pipeline, probe_id: int, since: float) -> float:
+def recovery_time(pipeline, probe_id: int, since: float) -> float:
     """Seconds from `since` until a reading published after it is queryable and every service is up."""
     probe = reading(sensor_id=probe_id, sensor_ts=time.time_ns() // 1000)
 
@@ -147,7 +146,7 @@ def recovery_time(pipeline: Pipeline, probe_id: int, since: float) -> float:
         return True
 
     def queryable() -> bool:
-        return query(f"select count(*) from sensors where sensor_id = {probe_id}", pipeline.cfg.host,
+        return query(f"select count(*) from {SQL_TABLE} where sensor_id = {probe_id}", pipeline.cfg.host,
                      pipeline.cfg.sql_port)[0][0] == 1
 
     wait_until(published, RECOVERY_LIMIT_S, "the probe reading published")
@@ -220,15 +219,16 @@ def test_a_dependency_stopped_for_a_while(run_drill, name, seconds, service, dep
 
 
 @pytest.mark.quick_drill
-def test_the_poison_corpus_interleaved_with_the_stream(run_drill, drill_stack):
+def test_the_poison_corpus_interleaved_with_the_stream(run_drill, drill_stack, pipeline_for):
     sent: dict = {}
     run_drill("poison corpus (MQTT, one retained, and Kafka)", poison(sent), poison=len(MQTT_POISON))
-    pipeline = Pipeline(drill_stack, ensure_secrets(drill_stack.cfg.secrets_file), drill_stack.cfg.dir)
+    pipeline = pipeline_for(drill_stack, drill_stack.cfg.dir)
     positions = {tuple(map(str, position)) for position in sent["positions"]}
 
     def from_the_job(record) -> bool:
         headers = {key: value.decode() for key, value in record.headers}
         return (headers.get("kafka_partition"), headers.get("kafka_offset")) in positions
 
-    assert len(pipeline.records_after(sent["dlq"], from_the_job, len(positions))) == len(KAFKA_POISON)
+    dead = pipeline.records_since(DEAD_LETTER_TOPIC, sent["dlq"], from_the_job, len(positions))
+    assert len(dead) == len(KAFKA_POISON)
     pipeline.publish([(sent["topic"], b"", True)])  # an empty retained message deletes the retained poison

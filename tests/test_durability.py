@@ -12,9 +12,10 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 from kafka import TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import KafkaAdminClient
 
-from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
+from runtime.kafka import ensure_topic
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
 from runtime.waiting import wait_until
 from sql.client import query
 from stack.process import PidRecord
@@ -39,7 +40,7 @@ def test_a_different_reading_under_a_stored_key_is_dead_lettered_and_a_replay_is
         pipeline.produce([(key, different), (key, stored), (key, stored)])
         pipeline.produce([(key, reading(sensor_id=machine, sensor_ts=ts + 1))])  # a later reading: the batch is done
         assert pipeline.wait_for_rows(f"sensor_id = {machine}", 2) == 2
-        dead = pipeline.records_after(dlq, lambda r: r.value in (different, stored), expected=1)
+        dead = pipeline.records_since(DEAD_LETTER_TOPIC, dlq, lambda r: r.value in (different, stored), expected=1)
     finally:
         pipeline.stop(job)
     assert [r.value for r in dead] == [different]
@@ -47,14 +48,14 @@ def test_a_different_reading_under_a_stored_key_is_dead_lettered_and_a_replay_is
     assert header(dead[0], "reason") == (
         f"conflict: a different reading under this key (sensor_id={machine}, sensor_ts={ts}) is stored in Kudu and "
         "is kept; sensor_3: 2.0 kept, 7.5 here")
-    assert query(f"select sensor_3 from sensors where sensor_id = {machine} and sensor_ts = "
+    assert query(f"select sensor_3 from {SQL_TABLE} where sensor_id = {machine} and sensor_ts = "
                  f"cast('2023-11-14 22:13:20' as timestamp)", pipeline.cfg.host, pipeline.cfg.sql_port) == [(2.0,)]
 
 
 def test_offsets_deleted_by_retention_stop_the_job_unless_told_to_go_on(pipeline):
     topic, machine = "iot.retention-test", 1_300_001
+    ensure_topic(pipeline.cfg.kafka_bootstrap, topic, 1)
     admin = KafkaAdminClient(bootstrap_servers=pipeline.cfg.kafka_bootstrap)
-    admin.create_topics([NewTopic(topic, 1, 1)])
     key = str(machine).encode()
     options = ("--topic", topic)
     try:
@@ -109,7 +110,8 @@ def test_what_mosquitto_acknowledged_survives_its_kill_9_unless_acknowledged_in_
     wait_until(lambda: stack.status(["mosquitto"])[0].state == "up", 60, "the supervisor to restart Mosquitto")
     stack.up(["gateway"])
     arrived = {json.loads(r.value)["sensor_ts"] - 1_700_000_000_000_000
-               for r in pipeline.records_after(start, lambda r: r.key == str(machine).encode(), 3_000, timeout_s=60)}
+               for r in pipeline.records_since(IOT_TOPIC, start, lambda r: r.key == str(machine).encode(), 3_000,
+                                               timeout_s=60)}
     lost = {sequence_of[mid]: killed_at - at for mid, at in acknowledged_at.items() if sequence_of[mid] not in arrived}
     print(f"\nMosquitto kill -9: {len(lost)} of 3,000 acknowledged messages lost, the oldest acknowledged "
           f"{max(lost.values(), default=0):.2f} s before the kill")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from contract import GATEWAY_ID_FIELD, RECEIVED_TS_FIELD
+from runtime.kafka import end_offsets, records_since
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
 from runtime.waiting import wait_until
 from simulator.config import load_simulator_config
@@ -40,41 +40,16 @@ def simulator_config_file(tmp_path, cfg, secrets, first_sensor_id: int, **misc) 
     return path
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return consumer.end_offsets(partitions)
-    finally:
-        consumer.close()
+def reading_key(record) -> tuple[int, int]:
+    reading = json.loads(record.value)
+    return reading["sensor_id"], reading["sensor_ts"]
 
 
-def read_from(bootstrap: str, start: dict[TopicPartition, int], keep, expected: int, timeout_s: float = 180):
-    """Records after `start` for which keep(record) is true, until `expected` distinct ones (or the time is up)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=5000)
-    consumer.assign(list(start))
-    for tp, offset in start.items():
-        consumer.seek(tp, offset)
-    kept, distinct, deadline = [], set(), time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and len(distinct) < expected:
-            for batch in consumer.poll(timeout_ms=500).values():
-                mine = [r for r in batch if keep(r)]
-                kept.extend(mine)
-                distinct.update(_identity(r) for r in mine)
-        # a little longer, to see duplicates that are still on their way
-        for batch in consumer.poll(timeout_ms=1000).values():
-            kept.extend(r for r in batch if keep(r))
-    finally:
-        consumer.close()
-    return kept
-
-
-def _identity(record) -> tuple:
-    if record.topic == IOT_TOPIC:
-        reading = json.loads(record.value)
-        return reading["sensor_id"], reading["sensor_ts"]
-    return record.partition, record.offset
+def readings_since(cfg, start: dict[int, int], low: int, high: int, expected: int) -> list:
+    """Records of `iot` after `start` from machines low..high-1, until `expected` distinct readings arrived (3 min
+    at most), then a second longer to see duplicates still on their way."""
+    return records_since(cfg.kafka_bootstrap, IOT_TOPIC, start, expected, in_range(low, high), timeout_s=180,
+                         settle_s=1, identity=reading_key)
 
 
 def in_range(low: int, high: int):
@@ -90,7 +65,7 @@ def test_ten_thousand_readings_reach_kafka_exactly_once_in_order_with_gateway_fi
     summary = run(sim, progress=False)
     assert summary.published == 10_000
 
-    records = read_from(cfg.kafka_bootstrap, start, in_range(100_000, 100_020), expected=10_000)
+    records = readings_since(cfg, start, 100_000, 100_020, expected=10_000)
     readings = [json.loads(r.value) for r in records]
     assert len(readings) == 10_000
     assert len({(r["sensor_id"], r["sensor_ts"]) for r in readings}) == 10_000
@@ -129,7 +104,8 @@ def test_every_malformed_kind_lands_in_the_dead_letter_topic_with_its_reason(loc
     def from_this_test(record) -> bool:
         return dict(record.headers).get("mqtt_topic", b"").decode().startswith("iot/2000")
 
-    dead = read_from(cfg.kafka_bootstrap, dlq_start, from_this_test, expected=faults)
+    dead = records_since(cfg.kafka_bootstrap, DEAD_LETTER_TOPIC, dlq_start, faults, from_this_test, timeout_s=180,
+                         settle_s=1)
     assert len(dead) == faults
     kinds = Counter()
     for record in dead:
@@ -141,7 +117,7 @@ def test_every_malformed_kind_lands_in_the_dead_letter_topic_with_its_reason(loc
         if kind != "bad_json":  # the original bytes are kept: they still parse, and show the fault
             json.loads(record.value, object_pairs_hook=lambda pairs: pairs)
     assert kinds == summary.faults
-    good = read_from(cfg.kafka_bootstrap, iot_start, in_range(200_000, 200_020), expected=2_000 - faults)
+    good = readings_since(cfg, iot_start, 200_000, 200_020, expected=2_000 - faults)
     assert len(good) == 2_000 - faults
 
 
@@ -166,7 +142,7 @@ def test_kill_9_of_the_gateway_under_full_load_loses_nothing(local_stack, secret
     published = int(re.search(r"published ([\d,]+) messages", output).group(1).replace(",", ""))
     assert published == 30_000
 
-    records = read_from(cfg.kafka_bootstrap, start, in_range(300_000, 300_020), expected=published)
+    records = readings_since(cfg, start, 300_000, 300_020, expected=published)
     distinct = {(json.loads(r.value)["sensor_id"], json.loads(r.value)["sensor_ts"]) for r in records}
     duplicates = len(records) - len(distinct)
     print(f"\nkill -9 under load: {published} published, {len(distinct)} distinct in Kafka, {duplicates} duplicates")
@@ -182,7 +158,7 @@ def test_a_burst_beyond_mosquittos_default_queue_waits_for_a_stopped_gateway(loc
         assert run(sim, progress=False).published == 5_000  # five times Mosquitto's default max_queued_messages
     finally:
         local_stack.up(["gateway"])
-    records = read_from(cfg.kafka_bootstrap, start, in_range(400_000, 400_020), expected=5_000)
+    records = readings_since(cfg, start, 400_000, 400_020, expected=5_000)
     assert len({(json.loads(r.value)["sensor_ts"], r.key) for r in records}) == 5_000
 
 

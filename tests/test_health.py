@@ -61,7 +61,7 @@ def test_the_gateway_waits_on_kafka_and_mqtt_and_resumes_by_itself(local_stack, 
     finally:
         local_stack.up(["kafka"])
     wait_for_state(local_stack, "gateway", {"up"}, timeout_s=120)
-    arrived = pipeline.records_after(start, lambda r: r.key == str(machine).encode(), expected=1)
+    arrived = pipeline.records_since(IOT_TOPIC, start, lambda r: r.key == str(machine).encode(), expected=1)
     assert len(arrived) == 1
 
     local_stack.down(["mosquitto"])

@@ -19,20 +19,6 @@ def sql(cfg, statement: str) -> list[tuple]:
     return query(statement, cfg.host, cfg.sql_port)
 
 
-def kudu_row_count(cfg, where: str | None = None) -> int:
-    """Rows of the sensors table counted by Kudu's own scanner, not through Spark."""
-    args = ["table", "scan", cfg.kudu_master_address, SENSORS]
-    if where:
-        args.append(f"-predicates={where}")
-    output = kudu_cli(cfg.kudu_home, *args)
-    return int(re.search(r"Total count (\d+)", output).group(1))
-
-
-def insert_reading(cfg, sensor_id: int, sensor_ts: str, value: float, is_healthy: int) -> None:
-    values = ", ".join([str(sensor_id), f"TIMESTAMP '{sensor_ts}'", *[str(value)] * 12, str(is_healthy)])
-    sql(cfg, f"INSERT INTO sensors VALUES ({values})")
-
-
 def test_sensors_table_has_the_lab9_schema(local_stack):
     described = kudu_cli(local_stack.cfg.kudu_home, "table", "describe", local_stack.cfg.kudu_master_address,
                          SENSORS)
@@ -50,7 +36,8 @@ def test_sql_endpoint_answers_count(local_stack):
     assert sql(local_stack.cfg, "select count(*) from sensors")[0][0] >= 0
 
 
-def test_upsert_of_the_same_key_twice_leaves_one_row_seen_by_kudu_and_sql(local_stack):
+def test_upsert_of_the_same_key_twice_leaves_one_row_seen_by_kudu_and_sql(local_stack, insert_reading,
+                                                                           kudu_row_count):
     cfg = local_stack.cfg
     insert_reading(cfg, 9001, "2019-05-02 00:59:47.735011", 1.5, is_healthy=1)
     insert_reading(cfg, 9001, "2019-05-02 00:59:47.735011", 2.5, is_healthy=0)
@@ -64,7 +51,7 @@ def test_upsert_of_the_same_key_twice_leaves_one_row_seen_by_kudu_and_sql(local_
     assert str(sensor_ts).startswith("2019-05-02 00:59:47.735011")
 
 
-def test_lab10_query_finds_rows_written_to_kudu(local_stack):
+def test_lab10_query_finds_rows_written_to_kudu(local_stack, insert_reading):
     cfg = local_stack.cfg
     before = sql(cfg, "select count(*) from sensors")[0][0]
     insert_reading(cfg, 9002, "2019-05-02 01:00:00", 99.0, is_healthy=0)

@@ -15,7 +15,6 @@ import pytest
 
 from stack.process import PidRecord, group_members, is_alive
 from stack.services import SERVICE_NAMES as SERVICES
-from tests.conftest import stack_environment
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -53,7 +52,7 @@ def processes_mentioning(path: Path) -> list[int]:
     return found
 
 
-def test_up_twice_crash_shows_down_and_down_leaves_nothing(tmp_path):
+def test_up_twice_crash_shows_down_and_down_leaves_nothing(tmp_path, stack_environment):
     stack_dir = tmp_path / "stack"
     env = stack_environment(stack_dir)
     try:

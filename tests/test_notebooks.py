@@ -16,7 +16,6 @@ from nbclient import NotebookClient
 
 from stack.config import load_config
 from stack.launcher import Stack
-from tests.conftest import stack_environment
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 LABS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -33,7 +32,7 @@ def test_there_are_ten_labs_committed_without_outputs():
 
 
 @pytest.fixture(scope="module")
-def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def lab_stack(tmp_path_factory: pytest.TempPathFactory, stack_environment) -> Iterator[dict[str, str]]:
     """Environment for the labs' own stack (started by lab 1); stopped after the last lab."""
     env = stack_environment(tmp_path_factory.mktemp("lab-stack"))
     with pytest.MonkeyPatch.context() as patch:

@@ -39,7 +39,8 @@ def test_a_deeply_nested_message_on_mqtt_stops_nothing(pipeline, job):
                      + [(f"iot/{machine}", payload, False) for payload in good(machine, 200)])
 
     assert pipeline.wait_for_rows(f"sensor_id = {machine}", 200) == 200
-    dead = pipeline.records_after(dlq, lambda r: header(r, "mqtt_topic") == f"iot/{machine}", expected=2)
+    dead = pipeline.records_since(DEAD_LETTER_TOPIC, dlq, lambda r: header(r, "mqtt_topic") == f"iot/{machine}",
+                                  expected=2)
     assert sorted(header(r, "reason") for r in dead) == ["nested deeper than 32 levels of arrays or objects",
                                                          "payload of 200,000 bytes exceeds the limit of 65,536 bytes"]
     assert {header(r, "payload_bytes") for r in dead} == {"200000", "60000"}
@@ -52,8 +53,9 @@ def test_a_kafka_tombstone_stops_nothing(pipeline, job):
     (tombstone, *_) = pipeline.produce([(b"1", None)] + [(str(machine).encode(), v) for v in good(machine, 200)])
 
     assert pipeline.wait_for_rows(f"sensor_id = {machine}", 200) == 200
-    dead = pipeline.records_after(
-        dlq, lambda r: (header(r, "kafka_partition"), header(r, "kafka_offset")) == tuple(map(str, tombstone)), 1)
+    dead = pipeline.records_since(
+        DEAD_LETTER_TOPIC, dlq,
+        lambda r: (header(r, "kafka_partition"), header(r, "kafka_offset")) == tuple(map(str, tombstone)), 1)
     assert len(dead) == 1 and dead[0].value is None
     assert header(dead[0], "reason").startswith("no payload (a null value")
     assert header(dead[0], "source") == "streaming"
@@ -75,7 +77,8 @@ def test_the_whole_corpus_over_mqtt_is_dead_lettered_once_each_and_the_readings_
     try:
         pipeline.publish(messages)
         assert pipeline.wait_for_rows(f"sensor_id = {machine}", 1_000) == 1_000
-        dead = pipeline.records_after(dlq, lambda r: header(r, "mqtt_topic") == topic, len(sendable) + 1)
+        dead = pipeline.records_since(DEAD_LETTER_TOPIC, dlq, lambda r: header(r, "mqtt_topic") == topic,
+                                      len(sendable) + 1)
         reasons = [header(r, "reason") for r in dead]
         assert len(dead) == len(sendable) + 1, reasons
         for poison in sendable:
@@ -89,7 +92,8 @@ def test_the_whole_corpus_over_mqtt_is_dead_lettered_once_each_and_the_readings_
         pipeline.stack.up(["gateway"])
         pipeline.publish([(topic, payload, False) for payload in good(machine, 10, 1_800_000_000_000_000)])
         assert pipeline.wait_for_rows(f"sensor_id = {machine}", 1_010) == 1_010
-        assert pipeline.records_after(dlq, lambda r: header(r, "mqtt_topic") == topic, 1, timeout_s=5) == []
+        assert pipeline.records_since(DEAD_LETTER_TOPIC, dlq, lambda r: header(r, "mqtt_topic") == topic, 1,
+                                      timeout_s=5) == []
     finally:
         pipeline.publish([(topic, b"", True)])  # an empty retained message deletes the retained one
 
@@ -111,8 +115,8 @@ def test_the_whole_corpus_straight_into_kafka_is_dead_lettered_by_the_job(pipeli
 
     assert pipeline.wait_for_rows(f"sensor_id = {machine}", 1_000) == 1_000
     mine = {tuple(map(str, position)) for position in positions_of}
-    dead = pipeline.records_after(
-        dlq, lambda r: (header(r, "kafka_partition"), header(r, "kafka_offset")) in mine, len(mine))
+    dead = pipeline.records_since(
+        DEAD_LETTER_TOPIC, dlq, lambda r: (header(r, "kafka_partition"), header(r, "kafka_offset")) in mine, len(mine))
     assert len(dead) == len(producible)
     for record in dead:
         poison = positions_of[(int(header(record, "kafka_partition")), int(header(record, "kafka_offset")))]

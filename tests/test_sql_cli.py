@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from runtime.settings import REPO_ROOT
+from runtime.waiting import port_open, wait_until
 from sql.client import SqlUnavailable, cursor
-from tests.conftest import free_ports
 
 
 def run_sql(port: int, *options: str) -> subprocess.CompletedProcess:
@@ -32,22 +32,15 @@ def assert_clean_error(result: subprocess.CompletedProcess, port: int) -> None:
     assert result.stdout == ""
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture
-def http_server() -> Iterator[int]:
+def http_server(free_ports) -> Iterator[int]:
     """A port that accepts TCP but speaks HTTP, not Thrift (and waits for a request line that never comes)."""
     port = free_ports(1)[0]
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
-        while not listening(port):
-            assert time.monotonic() < deadline and server.poll() is None, "http.server did not start"
-            time.sleep(0.05)
+        wait_until(lambda: port_open("127.0.0.1", port), 15, "http.server listening",
+                   abort=lambda: "http.server exited" if server.poll() is not None else None)
         yield port
     finally:
         server.terminate()
@@ -74,7 +67,7 @@ def closing_server() -> Iterator[int]:
         listener.close()
 
 
-def test_nothing_listening_is_one_line_and_exit_1():
+def test_nothing_listening_is_one_line_and_exit_1(free_ports):
     port = free_ports(1)[0]
     result = run_sql(port)
     assert_clean_error(result, port)
@@ -96,7 +89,7 @@ def test_cursor_raises_sql_unavailable_a_connection_error(closing_server):
     assert isinstance(caught.value, ConnectionError)
 
 
-def test_a_bad_timeout_is_a_usage_error():
+def test_a_bad_timeout_is_a_usage_error(free_ports):
     result = run_sql(free_ports(1)[0], "--timeout-s", "nan")
     assert result.returncode == 2
     assert "--timeout-s: 'nan' is not a finite number of seconds > 0" in result.stderr

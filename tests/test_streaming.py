@@ -12,13 +12,14 @@ import time
 import pytest
 from kafka import KafkaProducer
 
-from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
+from runtime.kafka import end_offsets, records_since
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
+from runtime.waiting import NotReady, wait_until
 from simulator.config import load_simulator_config
 from simulator.fleet import Fleet
 from simulator.publisher import run
 from sql.client import query
 from stack.connection import local_stack_settings
-from tests.test_edge import end_offsets, read_from
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -57,13 +58,15 @@ def publish(tmp_path, cfg, secrets, first_id: int, messages: int, **machines) ->
 
 
 def wait_for_count(cfg, where: str, expected: int, timeout_s: float, log) -> int:
-    deadline, count = time.monotonic() + timeout_s, -1
-    while time.monotonic() < deadline:
-        count = query(f"select count(*) from sensors where {where}", cfg.host, cfg.sql_port)[0][0]
-        if count >= expected:
-            return count
-        time.sleep(1)  # polling SQL for rows to arrive
-    raise AssertionError(f"{count} of {expected} rows after {timeout_s} s; job log:\n{log.read_text()[-3000:]}")
+    """Poll SQL until `expected` rows match `where`: the count then; on time out, fail with the job's log."""
+    def count() -> int:
+        return query(f"select count(*) from {SQL_TABLE} where {where}", cfg.host, cfg.sql_port)[0][0]
+
+    try:
+        wait_until(lambda: count() >= expected, timeout_s, f"{expected} rows where {where}")
+    except NotReady as exc:
+        raise AssertionError(f"{exc}; job log:\n{log.read_text()[-3000:]}") from exc
+    return count()
 
 
 def test_readings_published_on_mqtt_are_scored_into_kudu_exactly_once(local_stack, secrets, tmp_path,
@@ -94,7 +97,8 @@ def test_readings_published_on_mqtt_are_scored_into_kudu_exactly_once(local_stac
     def from_the_job(record) -> bool:
         return record.value is not None and b"yesterday" in record.value
 
-    dead = read_from(cfg.kafka_bootstrap, dlq_start, from_the_job, expected=1, timeout_s=60)
+    dead = records_since(cfg.kafka_bootstrap, DEAD_LETTER_TOPIC, dlq_start, 1, from_the_job, timeout_s=60,
+                         settle_s=1)
     assert dead and dict(dead[0].headers)["reason"] == b"sensor_ts: must be an integer, got str 'yesterday'"
 
 

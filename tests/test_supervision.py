@@ -8,12 +8,12 @@ import time
 
 import pytest
 
+from runtime.waiting import wait_until
 from stack.config import load_config
 from stack.launcher import Stack, Supervision, supervision_file
 from stack.process import PidRecord, is_alive
 from stack.services import Service
 from stack.supervisor import CRASH_LOOP_AFTER, STABLE_AFTER_S, ServiceWatch
-from tests.conftest import stack_environment
 
 
 class Flaky(Service):
@@ -42,7 +42,7 @@ class Flaky(Service):
 
 
 @pytest.fixture()
-def flaky(tmp_path):
+def flaky(tmp_path, stack_environment):
     cfg = load_config(environ=stack_environment(tmp_path / "stack"))
     cfg.dir.mkdir(parents=True)
     service = Flaky(cfg)
@@ -59,9 +59,8 @@ def state_of(stack: Stack) -> tuple[str, str]:
 
 def wait_exited(service: Service) -> None:
     record = PidRecord.load(service.pid_file)
-    deadline = time.monotonic() + 10
-    while record and is_alive(record) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the shell's exit, a few milliseconds away
+    if record:
+        wait_until(lambda: not is_alive(record), 10, f"{service.name} to exit")  # the shell's exit, milliseconds away
 
 
 def test_quick_exits_back_off_then_crash_loop_then_recover(flaky):

@@ -15,6 +15,7 @@ from pyspark.sql.pandas.types import to_arrow_type
 
 from contract import MAX_NESTING, MAX_PAYLOAD_BYTES, parse_reading
 from gateway.bridge import GatewaySettings, route
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
 from streaming.kafka_to_kudu import OUTPUT_SCHEMA
 from streaming.scoring import KeyTracker, check_records, scored_frame, typed
 from tests.poison import CORPUS, UNUSUAL_READINGS, reading
@@ -39,12 +40,12 @@ def test_the_gateway_routes_any_payload_on_any_topic_to_exactly_one_record(paylo
     record = route(message(payload, topic), SETTINGS, connection=3)
     assert (record.mid, record.qos, record.connection) == (7, 1, 3)
     if record.outcome == "produced":
-        assert record.topic == "iot"
+        assert record.topic == IOT_TOPIC
         forwarded = parse_reading(record.value)  # what the gateway writes is itself a reading
         assert forwarded["gateway_id"] == "gw-test" and record.key == str(forwarded["sensor_id"]).encode()
     else:
         headers = dict(record.headers)
-        assert record.topic == "iot.dlq" and headers["reason"]
+        assert record.topic == DEAD_LETTER_TOPIC and headers["reason"]
         assert record.value == payload[: SETTINGS.dead_letter_max_bytes]
         assert int(headers["payload_bytes"]) == len(payload)
 
