@@ -39,7 +39,7 @@ from pathlib import Path
 from contract import MAX_NESTING, MAX_PAYLOAD_BYTES
 from gateway.bridge import GatewaySettings, GatewayWorker
 from runtime.health import STALE_AFTER_S, Health, HealthReporter
-from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, connection_settings, require
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, MQTT_TOPIC_FILTER, connection_settings, require
 
 SETTINGS = ("MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP")  # what it reads
 
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker processes (default 1: keeps per-machine order; more: faster, see below)")
     parser.add_argument("--gateway-id", default=f"gw-{socket.gethostname()}",
                         help="this gateway's id, added to each record and used in MQTT client ids")
-    parser.add_argument("--topic-filter", default="iot/#", help="MQTT topics to bridge (default iot/#)")
+    parser.add_argument("--topic-filter", default=MQTT_TOPIC_FILTER,
+                        help=f"MQTT topics to bridge (default {MQTT_TOPIC_FILTER})")
     parser.add_argument("--share-group", default="iot-gateway", help="MQTT shared-subscription group")
     parser.add_argument("--kafka-topic", default=IOT_TOPIC)
     parser.add_argument("--dead-letter-topic", default=DEAD_LETTER_TOPIC)

@@ -48,7 +48,7 @@ from contract import (
 )
 from runtime.health import Health
 from runtime.retry import Backoff
-from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, MQTT_TOPIC_FILTER
 from runtime.waiting import port_open
 
 log = logging.getLogger("gateway")
@@ -75,7 +75,7 @@ class GatewaySettings:
     mqtt_password: str
     kafka_bootstrap: str
     gateway_id: str
-    topic_filter: str = "iot/#"
+    topic_filter: str = MQTT_TOPIC_FILTER
     share_group: str = "iot-gateway"
     kafka_topic: str = IOT_TOPIC
     dead_letter_topic: str = DEAD_LETTER_TOPIC

@@ -136,9 +136,8 @@ def sql(statement: str) -> pd.DataFrame:
         return pd.DataFrame(cur.fetchall(), columns=[column[0] for column in cur.description])
 
 
-def wait_for(what: str, done: Callable[[], object], timeout_s: float = 180, every_s: float | None = None) -> None:
-    """Poll `done()` until it returns something true (`runtime.waiting.wait_until`, which sets the pace: `every_s`
-    is accepted for the labs that pass it); say how long it took."""
+def wait_for(what: str, done: Callable[[], object], timeout_s: float = 180) -> None:
+    """Poll `done()` until it returns something true (`runtime.waiting.wait_until`); say how long it took."""
     started = time.monotonic()
     wait_until(done, timeout_s, what)
     print(f"{what}: after {time.monotonic() - started:.1f} s")

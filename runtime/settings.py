@@ -15,7 +15,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-IOT_TOPIC = "iot"
+MQTT_TOPIC_PREFIX = "iot"  # readings arrive on MQTT `iot/<sensor_id>`
+MQTT_TOPIC_FILTER = f"{MQTT_TOPIC_PREFIX}/#"
+IOT_TOPIC = "iot"  # the Kafka topic of readings
 DEAD_LETTER_TOPIC = "iot.dlq"
 SQL_TABLE = "sensors"
 KUDU_TABLE = "impala::default.sensors"

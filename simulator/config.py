@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract import SENSOR_FIELDS, SENSOR_ID_RANGE
-from runtime.settings import connection_settings
+from runtime.settings import MQTT_TOPIC_PREFIX, connection_settings
 
 MODES = ("world", "workshop-uniform")
 SECTION_KEYS = {
@@ -205,7 +205,7 @@ def load_simulator_config(path: Path, misc_overrides: dict | None = None) -> Sim
         raise ConfigError("machines.ranges: mode workshop-uniform needs a [min, max] for each of sensor_0..sensor_11")
     return SimulatorConfig(
         host=host, port=port, username=username, password=password,
-        topic=_get(mqtt, "mqtt", "topic", str, "iot", lambda v: None if v and "#" not in v and "+" not in v
+        topic=_get(mqtt, "mqtt", "topic", str, MQTT_TOPIC_PREFIX, lambda v: None if v and "#" not in v and "+" not in v
                    else "must be a plain topic (no wildcards)").rstrip("/"),
         qos=_get(mqtt, "mqtt", "qos", int, 1, lambda v: None if v in (0, 1, 2) else "must be 0, 1 or 2"),
         interval_ms=_get(misc, "misc", "interval_ms", (int, float), 1000, _finite_non_negative),

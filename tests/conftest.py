@@ -20,9 +20,3 @@ pytest_plugins = [
     "tests.fixtures.drill_results",
 ]
 
-
-def free_ports(count: int) -> list[int]:
-    """Still imported by tests/test_model_server.py: drop once it asks for the `free_ports` fixture instead."""
-    from tests.fixtures.local_stack import pick_free_ports  # not at import: pytest first rewrites the plugin's asserts
-
-    return pick_free_ports(count)

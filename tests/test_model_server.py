@@ -27,15 +27,10 @@ from model.train import held_out_split, train
 from model.wire import ARROW_STREAM, ipc_to_results, rows_to_ipc
 from runtime.settings import read_env_file
 from runtime.waiting import http_ok, wait_until
-from tests.conftest import free_ports
+from tests.fixtures.model_server import AUTH, CDSW, FAILING_EXAMPLE, HEALTHY_EXAMPLE, KEY
 
-KEY = "test-key-" + "x" * 24
-AUTH = {"Authorization": f"Bearer {KEY}"}
 JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
 ARROW_AUTH = {**AUTH, "Content-Type": ARROW_STREAM}
-CDSW = "/api/altus-ds-1/models/call-model"
-HEALTHY_EXAMPLE = "0, 65, 0, 137, 21.95, 83, 19.42, 111, 9.4, 6, 3.43, 4"
-FAILING_EXAMPLE = "0, 95, 0, 88, 26.62, 75, 21.05, 115, 8.65, 5, 3.32, 3"
 
 
 @pytest.fixture()
@@ -423,7 +418,7 @@ def test_reload_swaps_the_model_while_requests_keep_being_answered(client, model
     assert errors == []
 
 
-def test_real_wsgi_server_on_a_free_port(served_model_file):
+def test_real_wsgi_server_on_a_free_port(served_model_file, free_ports):
     port = free_ports(1)[0]
     env = {**os.environ, "MODEL_ACCESS_KEY": KEY, "MODEL_PATH": str(served_model_file)}
     server = subprocess.Popen([sys.executable, "-m", "model", "serve", "--port", str(port)], env=env,

@@ -16,7 +16,7 @@ from contract import FEATURES
 from model.server import create_app
 from model.server.api import MAX_MAGNITUDE
 from model.wire import ARROW_STREAM, ipc_to_results
-from tests.test_model_server import AUTH, CDSW, HEALTHY_EXAMPLE, KEY
+from tests.fixtures.model_server import AUTH, CDSW, HEALTHY_EXAMPLE, KEY
 
 MAX_ROWS = 300
 KEYED = ("/predict", "/predict/batch", "/model/reload")
