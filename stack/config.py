@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.settings import REPO_ROOT
+from runtime.settings import DEFAULT_STACK_DIR, REPO_ROOT
 
 DEFAULTS_FILE = Path(__file__).resolve().parent / "stack.toml"
 ENV_PREFIX = "STACK_"
@@ -29,6 +29,9 @@ ENV_PREFIX = "STACK_"
 # Haskell's Stack build tool exports these. Any other STACK_* variable that is not a setting is refused as a likely
 # typo; add a name here when another tool needs one.
 OTHER_STACK_VARIABLES: frozenset[str] = frozenset({"STACK_ROOT", "STACK_YAML", "STACK_WORK"})
+# Settings that the runtime parts read as well (runtime/settings.py: where connection.env, the served model and the
+# connector cache are): set by STACK_DIR / STACK_INSTALL_DIR only, so that the launcher and they cannot disagree.
+ENVIRONMENT_ONLY: frozenset[str] = frozenset({"dir", "install_dir"})
 
 
 @dataclass(frozen=True)
@@ -241,8 +244,13 @@ def load_config(defaults_file: Path = DEFAULTS_FILE, environ: Mapping[str, str] 
     sources: dict[str, str] = {}
     for name, field in fields.items():
         env_name = ENV_PREFIX + name.upper()
+        if name in ENVIRONMENT_ONLY and name in file_values:
+            raise ValueError(f"{defaults_file}: {name!r} cannot be set in this file: set {env_name} instead (the "
+                             f"runtime parts read it too, runtime/settings.py; default {DEFAULT_STACK_DIR!r})")
         if env_name in environ:
             raw, sources[name] = environ[env_name], env_name
+        elif name in ENVIRONMENT_ONLY:
+            raw, sources[name] = DEFAULT_STACK_DIR, "runtime/settings.py"
         elif name in file_values:
             raw, sources[name] = file_values[name], str(defaults_file)
         else:

@@ -169,6 +169,8 @@ def test_other_tools_stack_variables_are_let_be(monkeypatch):
     ("kafka_port = true", "setting 'kafka_port' (from {file}) = True: must be an integer"),
     ("kafka_port = 9092.5", "setting 'kafka_port' (from {file}) = 9092.5: must be an integer"),
     ("host = 127", "setting 'host' (from {file}) = 127: must be an IPv4/IPv6 address"),
+    ('dir = "var/stack"', "'dir' cannot be set in this file: set STACK_DIR instead"),
+    ('install_dir = "parts"', "'install_dir' cannot be set in this file: set STACK_INSTALL_DIR instead"),
 ])
 def test_a_bad_line_in_the_file_names_the_file(tmp_path, line, message):
     lines = [text for text in DEFAULTS_FILE.read_text().splitlines() if not text.startswith(line.split()[0] + " ")]
