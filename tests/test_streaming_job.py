@@ -46,7 +46,7 @@ def test_the_help_describes_the_job_with_its_docstrings_first_line():
 def test_kafka_options_reach_spark_prefixed_for_the_source_and_the_sink():
     args = parse_args(["--bootstrap-servers", "broker:9093", "--kafka-option", "security.protocol=SASL_SSL",
                        "--kafka-option", "sasl.jaas.config=a=b c=d", "--kafka-option",
-                       "ssl.endpoint.identification.algorithm="])
+                       "ssl.endpoint.identification.algorithm="], env=SETTINGS)
     assert kafka_options(args) == {"kafka.bootstrap.servers": "broker:9093",
                                    "kafka.security.protocol": "SASL_SSL",
                                    "kafka.sasl.jaas.config": "a=b c=d",
