@@ -71,7 +71,7 @@ def run_worker(settings: GatewaySettings, index: int, ready, reports) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     worker = GatewayWorker(settings, index, on_ready=lambda: ready.release())
-    worker.run(stop, report=lambda health: reports.put((index, health)))
+    worker.run(stop, report=(lambda health: reports.put((index, health))) if reports is not None else lambda _h: None)
     sys.exit(1 if worker.failed else 0)
 
 
@@ -128,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                                args.metrics_interval, args.workers, max_payload_bytes=args.max_payload_bytes,
                                max_nesting=args.max_nesting)
     context = mp.get_context("fork")
-    ready, reports = context.Semaphore(0), context.Queue()
+    # Workers report only when the parent reads the reports (a health file): unread, they would fill the pipe, and
+    # a process cannot exit until its queue is flushed into the pipe, so stopping would hang (Python's
+    # multiprocessing "joining processes that use queues").
+    ready, reports = context.Semaphore(0), context.Queue() if args.health_file else None
     workers = [context.Process(target=run_worker, args=(settings, i, ready, reports), name=f"gateway-{i}")
                for i in range(args.workers)]
     health = HealthReporter(args.health_file, WorkerReports(reports, args.workers).combined).start()
