@@ -48,5 +48,8 @@ def run_demo(interval_ms: float = 100, refresh_s: float = 5) -> None:
     except KeyboardInterrupt:
         print("\nstopping the simulator; the stack keeps running (`make down` stops it)")
     finally:
+        # A second Ctrl+C or SIGTERM (make passes its own on) must not cut the clean-up short with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         simulator.terminate()
         simulator.wait(timeout=30)
