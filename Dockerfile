@@ -27,4 +27,6 @@ USER iot
 ENV SPARK_HOME=/usr/local/lib/python3.11/site-packages/pyspark \
     PYSPARK_PYTHON=python3 \
     IVY_CACHE=/home/iot/.ivy2
+# No usage telemetry from any service (runtime/settings.py, ENVIRONMENT_DEFAULTS: the same as the Makefile's).
+ENV MLFLOW_DISABLE_TELEMETRY=true
 CMD ["python", "-m", "gateway", "--help"]

@@ -1,8 +1,26 @@
 # The project's commands. `make demo` sets up and runs everything; `make test` runs the tests.
 PY := .venv/bin/python
+# Every process `make` starts gets these unless the environment sets them: no MLflow usage telemetry. The same as
+# runtime/settings.py's ENVIRONMENT_DEFAULTS (for what `python -m stack` starts) and the Dockerfile's ENV
+# (tests/test_privacy.py checks all three).
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status demo test drills audit lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab compose-secrets compose-e2e
+.PHONY: help setup up down status demo test drills audit lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab lab-reset compose-secrets compose-e2e
+
+# `make lab-reset 9` as well as `make lab-reset N=9`: the words after lab-reset are its argument, not targets.
+ifeq (lab-reset,$(firstword $(MAKECMDGOALS)))
+  LAB_RESET_ARGS := $(wordlist 2,$(words $(MAKECMDGOALS)),$(MAKECMDGOALS))
+  ifneq ($(LAB_RESET_ARGS),)
+    N := $(LAB_RESET_ARGS)
+    $(eval $(LAB_RESET_ARGS):;@:)
+  endif
+endif
+ifneq ($(filter lab-reset,$(MAKECMDGOALS)),)
+  ifneq ($(words $(N)),1)
+    $(error which lab? usage: make lab-reset 9 (the lab's number right after lab-reset), or make lab-reset N=9)
+  endif
+endif
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,9 +64,11 @@ bench: bench-model bench-edge bench-pipeline ## every benchmark
 bench-edge: up ## simulator -> Mosquitto -> gateway -> Kafka msg/s, and the gateway's ceiling from an MQTT backlog
 	@$(PY) -m bench.edge_bench
 
-lab: up ## the workshop: JupyterLab on http://127.0.0.1:8888 with the lab notebooks 01-10 (token in the URL printed)
-	@$(PY) -m jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir notebooks \
-		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
+lab: up ## the workshop: JupyterLab over the lab notebooks; prints the URL to open, with its token (Ctrl+C)
+	@$(PY) -m stack lab
+
+lab-reset: up ## put the stack in the state lab N expects (make lab-reset 9, or N=9)
+	@$(PY) notebooks/labkit.py reset $(N)
 
 simulate: up ## lab 3: run the sensor simulator as the workshop did (one reading a second; Ctrl-C stops)
 	@$(PY) -m simulator simulator/mqtt.iot.config

@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> None:
         wait_until(lambda: http_ok(f"{base}/health"), 60, "model server")
 
         def via_arrow(chunk: np.ndarray) -> np.ndarray:
-            return client.score_batch(chunk, timeout_s=60, **call)
+            return client.score_batch(chunk, timeout_s=60, **call).verdicts
 
         def via_json(chunk: np.ndarray) -> np.ndarray:
-            return client.score_batch_json(chunk, timeout_s=60, **call)
+            return client.score_batch_json(chunk, timeout_s=60, **call).verdicts
 
         print(f"\n{'batch':>7}  {'sklearn 1 core':>14}  {'in-process':>11}  {'HTTP Arrow':>11}  {'ratio':>6}  "
               f"{'HTTP JSON':>10}  {'ratio':>6}   (rows/s; ratio = in-process / HTTP)")

@@ -49,20 +49,14 @@ from bench.processes import (
     stop_group,
 )
 from runtime.kafka import ensure_topic
+from runtime.kudu import kudu_environment
 from runtime.settings import REPO_ROOT, connection_settings, require
 from runtime.waiting import wait_until
 from simulator.config import SimulatorConfig, load_simulator_config
 from simulator.publisher import run
-from sql.client import cursor
+from sql.client import cursor, execute
+from sql.kudu_ddl import impala_kudu_table_name, sensors_ddl
 from stack.config import StackConfig, load_config
-from stack.kudu_table import (
-    ensure_table,
-    impala_kudu_table_name,
-    kudu_cli,
-    kudu_environment,
-    load_sensors_spec,
-    register_in_sql,
-)
 from stack.process import PidRecord
 from stack.services import SERVICE_CLASSES
 
@@ -335,21 +329,21 @@ def print_report(outcomes: list[Outcome]) -> None:
             print(f"  {stage:<28} {seconds / o.readings * 1e6:>9,.1f} us/record  {seconds / o.seconds:>5.2f} cores")
 
 
-def prepare_table(cfg: StackConfig, settings: dict[str, str]) -> None:
-    """A fresh Kudu table like `sensors` (same DDL), registered in SQL as `sensors_bench`."""
-    spec = dataclasses.replace(load_sensors_spec(), name=impala_kudu_table_name(SQL_TABLE))
-    drop_table(cfg, settings)
-    ensure_table(cfg.kudu_home, settings["KUDU_MASTER"], spec)
-    register_in_sql(settings["SQL_HOST"], int(settings["SQL_PORT"]), SQL_TABLE, settings["KUDU_MASTER"])
+def run_sql(settings: dict[str, str], statement: str) -> None:
+    """One statement through SQL, as Impala would run it (Kudu DDL included)."""
+    execute(statement, settings["SQL_HOST"], int(settings["SQL_PORT"]), settings["KUDU_MASTER"])
 
 
-def drop_table(cfg: StackConfig, settings: dict[str, str]) -> None:
+def prepare_table(settings: dict[str, str]) -> None:
+    """A fresh table like `sensors` (the lab-9 DDL), `sensors_bench` in SQL, `impala::default.sensors_bench` in
+    Kudu."""
+    drop_table(settings)
+    run_sql(settings, sensors_ddl(SQL_TABLE))
+
+
+def drop_table(settings: dict[str, str]) -> None:
     """The bench table, from SQL and from Kudu."""
-    with cursor(settings["SQL_HOST"], int(settings["SQL_PORT"])) as cur:
-        cur.execute(f"DROP TABLE IF EXISTS {SQL_TABLE}")
-    name = impala_kudu_table_name(SQL_TABLE)
-    if name in kudu_cli(cfg.kudu_home, "table", "list", settings["KUDU_MASTER"]).split():
-        kudu_cli(cfg.kudu_home, "table", "delete", settings["KUDU_MASTER"], name)
+    run_sql(settings, f"DROP TABLE IF EXISTS {SQL_TABLE}")
 
 
 def interrupt(*_args) -> None:
@@ -378,12 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = connection_settings()
     require(settings, "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP", "KUDU_MASTER",
             "SQL_HOST", "SQL_PORT", "MODEL_URL", "MODEL_ACCESS_KEY")
-    cfg = load_config()
     sim = dataclasses.replace(load_simulator_config(REPO_ROOT / "simulator" / "mqtt.iot.config"), topic=MQTT_TOPIC,
                               verbose=False, publishers=args.publishers)
     print(f"pipeline bench: {os.cpu_count()} cores shared by simulator, brokers, gateway, job, model and SQL; "
           f"gateway workers {args.gateway_workers}, trigger 1 s, {args.probe_rate:g} latency probes/s")
-    prepare_table(cfg, settings)
+    prepare_table(settings)
     bench, outcomes = Bench(args, settings, sim), []
     stamp = time.strftime("%Y%m%d%H%M%S")
     try:
@@ -394,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: the bench's gateway, job, topic and table are removed; no figures", file=sys.stderr)
         return 130
     finally:
-        drop_table(cfg, settings)
+        drop_table(settings)
     print_report(outcomes)
     return 0
 

@@ -10,6 +10,12 @@ A reading, as the workshop's simulator printed it and as it travels on MQTT `iot
 - `sensor_0` .. `sensor_11`: the twelve sensor values, numbers. They are the model's features, always in this
   order; the model API's feature string lists them in this order too: "0, 65, 0, 137, 21.95, ...".
 - Model verdict `is_healthy` / `result`: 1 = healthy, 0 = likely to break.
+- `model_version`: the version of the served model that gave a verdict (the model server sends it with every
+  answer).
+
+The Kudu/SQL table `sensors` (`TABLE_COLUMNS`, in order): the workshop's lab-9 columns `sensor_id`, `sensor_ts`,
+`sensor_0`..`sensor_11`, `is_healthy` (primary key: sensor_id, sensor_ts), then `model_version`, beyond the
+workshop's schema: after lab 7 promotes a new model, old and new verdicts are told apart.
 
 What the gateway adds on the way into Kafka (`GATEWAY_FIELDS`): `gateway_id` and `received_ts` (microseconds).
 
@@ -35,6 +41,8 @@ ID_FIELD = "sensor_id"
 TS_FIELD = "sensor_ts"
 LABEL = "is_healthy"
 HEALTHY, LIKELY_TO_BREAK = 1, 0
+MODEL_VERSION = "model_version"
+TABLE_COLUMNS = (ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, MODEL_VERSION)
 
 
 GATEWAY_ID_FIELD = "gateway_id"

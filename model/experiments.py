@@ -28,8 +28,9 @@ def run_grid(grid=LAB7_GRID, seed: int = DEFAULT_SEED) -> list[RunResult]:
 
 
 def ranked_table(results: list[RunResult]) -> str:
-    lines = [f"{'rank':>4}  {'num_trees':>9}  {'max_depth':>9}  {'auroc':>7}  {'ap':>7}  run_id"]
-    lines += [f"{i:>4}  {r.num_trees:>9}  {r.max_depth:>9}  {r.auroc:>7.4f}  {r.ap:>7.4f}  {r.run_id}"
+    lines = [f"{'rank':>4}  {'num_trees':>9}  {'max_depth':>9}  {'auroc':>7}  {'ap':>7}  {'ap_failure':>10}  run_id"]
+    lines += [f"{i:>4}  {r.num_trees:>9}  {r.max_depth:>9}  {r.auroc:>7.4f}  {r.ap:>7.4f}  {r.ap_failure:>10.4f}  "
+              f"{r.run_id}"
               for i, r in enumerate(results, start=1)]
     return "\n".join(lines)
 

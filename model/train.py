@@ -11,6 +11,7 @@ metrics and model, appears in MLflow (`make mlflow-ui`).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,7 @@ class RunResult:
     max_depth: int
     auroc: float
     ap: float
+    ap_failure: float
 
 
 def held_out_split(seed: int = DEFAULT_SEED, test_size: float = DEFAULT_TEST_SIZE, data=HISTORY_FILE) -> Split:
@@ -71,21 +73,24 @@ def evaluate(pipeline: Pipeline, split: Split) -> dict[str, float]:
     }
 
 
-def train(num_trees: int, max_depth: int, seed: int = DEFAULT_SEED, split: Split | None = None) -> RunResult:
-    """Fit, evaluate and log one run to MLflow (params, metrics, model)."""
+def train(num_trees: int, max_depth: int, seed: int = DEFAULT_SEED, split: Split | None = None,
+          build: Callable[[int, int, int], Pipeline] = build_pipeline) -> RunResult:
+    """Fit, evaluate and log one run to MLflow (params, metrics, model); `build(num_trees, max_depth, seed)` makes
+    the pipeline (lab 2 passes its own copy)."""
     split = split or held_out_split(seed)
     mlflow = use_tracking_store()
     with mlflow.start_run(run_name=f"rf-{num_trees}-{max_depth}") as run:
-        pipeline = build_pipeline(num_trees, max_depth, seed).fit(split.x_train, split.y_train)
+        pipeline = build(num_trees, max_depth, seed).fit(split.x_train, split.y_train)
         # Trees are fitted in parallel, but predicted on one core: parallel prediction sums the trees'
         # probabilities in whatever order threads finish, and the metrics would differ in the last digits.
-        pipeline.set_params(forest__n_jobs=1)
+        pipeline.set_params(**{f"{name}__n_jobs": 1 for name, step in pipeline.steps if "n_jobs" in step.get_params()})
         metrics = evaluate(pipeline, split)
         mlflow.log_params({"num_trees": num_trees, "max_depth": max_depth, "seed": seed,
                            "train_rows": len(split.y_train), "test_rows": len(split.y_test)})
         mlflow.log_metrics(metrics)
         mlflow.sklearn.log_model(pipeline, name="model", serialization_format="cloudpickle")
-    return RunResult(run.info.run_id, num_trees, max_depth, metrics["auroc"], metrics["ap"])
+    return RunResult(run.info.run_id, num_trees, max_depth, metrics["auroc"], metrics["ap"],
+                     metrics["ap_failure"])
 
 
 def main(argv: list[str] | None = None) -> None:

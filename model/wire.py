@@ -2,7 +2,7 @@
 and its client (model/client.py).
 
 Request: columns sensor_0..sensor_11, integer or float, one row per reading (other flat columns are skipped).
-Answer: one int8 column `result`.
+Answer: one int8 column `result`; the schema's metadata `model_version` names the model that gave the verdicts.
 
 `read_columns` reads a request within bounds that hold before anything is decompressed. An IPC stream may compress
 each buffer on its own (LZ4 frame or ZSTD) behind an 8-byte uncompressed length, and pyarrow allocates that length
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from contract import FEATURES, clip, show
+from contract import FEATURES, MODEL_VERSION, clip, show
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 # Record batches per stream. Each costs a pass of Python and some Arrow objects, however few rows it holds.
@@ -50,14 +50,20 @@ def rows_to_ipc(rows: np.ndarray, columns=FEATURES) -> bytes:
     return table_to_ipc(pa.table({name: rows[:, i] for i, name in enumerate(columns)}))
 
 
-def results_to_ipc(results: np.ndarray) -> bytes:
-    """An answer body: the verdicts as an int8 column `result`."""
-    return table_to_ipc(pa.table({"result": pa.array(results, type=pa.int8())}))
+def results_to_ipc(results: np.ndarray, model_version: int) -> bytes:
+    """An answer body: the verdicts as an int8 column `result`, the version of the model that gave them in the
+    schema's metadata (`model_version`)."""
+    verdicts = pa.table({"result": pa.array(results, type=pa.int8())})
+    return table_to_ipc(verdicts.replace_schema_metadata({MODEL_VERSION: str(model_version)}))
 
 
-def ipc_to_results(body: bytes) -> np.ndarray:
-    """The verdicts from an answer body."""
-    return pa.ipc.open_stream(body).read_all().column("result").to_numpy()
+def ipc_to_results(body: bytes) -> tuple[np.ndarray, int]:
+    """The verdicts and the model's version from an answer body."""
+    table = pa.ipc.open_stream(body).read_all()
+    version = (table.schema.metadata or {}).get(MODEL_VERSION.encode())
+    if version is None:
+        raise StreamError(f"the answer's schema metadata has no {MODEL_VERSION}")
+    return table.column("result").to_numpy(), int(version)
 
 
 def read_columns(body: bytes, names: Sequence[str], max_rows: int) -> pa.Table:

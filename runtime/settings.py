@@ -6,11 +6,14 @@ The connection variables (written by `make up`; point them at a real cluster to 
     MODEL_ACCESS_KEY
 Where the stack keeps its files: `STACK_DIR` (default `.stack`, relative to the repository), which holds
 `connection.env` and the served model; `STACK_INSTALL_DIR` (default `.stack`) holds the Spark connector cache.
+What every process the project starts gets in its environment unless set there: `ENVIRONMENT_DEFAULTS` (no usage
+telemetry).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +26,14 @@ SQL_TABLE = "sensors"
 KUDU_TABLE = "impala::default.sensors"
 
 DEFAULT_STACK_DIR = ".stack"  # also the launcher's default for STACK_DIR and STACK_INSTALL_DIR (stack/stack.toml)
+
+# Nothing the project runs phones home. MLflow 3 sends usage telemetry from each process that imports it unless
+# MLFLOW_DISABLE_TELEMETRY is true (mlflow/telemetry/utils.py, `is_telemetry_disabled`); `import mlflow` decides
+# once, so the variable must be in the environment the process starts with. Every process the project starts gets
+# these unless its environment sets them: the Makefile exports them (everything `make` runs), `python -m stack`
+# sets them for what it starts (services, the first training run, JupyterLab and its kernels), the Dockerfile for
+# the Compose services (tests/test_privacy.py keeps the three the same and asks MLflow itself).
+ENVIRONMENT_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 
 CONNECTION_VARIABLES = (
     "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP", "KUDU_MASTER",
@@ -50,6 +61,11 @@ def served_model_file() -> Path:
     if os.environ.get("MODEL_PATH"):
         return Path(os.environ["MODEL_PATH"])
     return stack_dir() / "model" / "iot_model.joblib"
+
+
+def with_environment_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`environ` (default: this process's), plus each of `ENVIRONMENT_DEFAULTS` that it does not set itself."""
+    return {**ENVIRONMENT_DEFAULTS, **(os.environ if environ is None else environ)}
 
 
 def read_env_file(path: Path) -> dict[str, str]:

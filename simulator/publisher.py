@@ -64,12 +64,23 @@ def _connect(cfg: SimulatorConfig, client_id: str) -> mqtt.Client:
     return client
 
 
+def publisher_fleet(cfg: SimulatorConfig, index: int) -> Fleet | None:
+    """The machines publisher `index` simulates (those whose position modulo `publishers` is `index`), or None."""
+    ids = [cfg.first_sensor_id + i for i in range(cfg.machine_count) if i % cfg.publishers == index]
+    return Fleet(cfg, ids, seed=cfg.seed * 1000 + index) if ids else None
+
+
+def degrading_machines(cfg: SimulatorConfig) -> list[int]:
+    """The sensor ids of the machines that wear out in a run with `cfg` (the same in every run: seeded)."""
+    fleets = [publisher_fleet(cfg, index) for index in range(cfg.publishers)]
+    return sorted(int(sensor_id) for fleet in fleets if fleet for sensor_id in fleet.sensor_ids[fleet.degrading])
+
+
 def publish_share(cfg: SimulatorConfig, index: int, published, faults, stop) -> None:
     """One publisher: the machines whose position modulo `publishers` is `index`, its share of the messages."""
-    ids = [cfg.first_sensor_id + i for i in range(cfg.machine_count) if i % cfg.publishers == index]
-    if not ids:
+    fleet = publisher_fleet(cfg, index)
+    if fleet is None:
         return
-    fleet = Fleet(cfg, ids, seed=cfg.seed * 1000 + index)
     quota = cfg.messages // cfg.publishers + (1 if index < cfg.messages % cfg.publishers else 0)
     deadline = time.monotonic() + cfg.duration_s if cfg.duration_s else None
     interval = cfg.interval_ms / 1000 * cfg.publishers

@@ -2,7 +2,12 @@
 
 Usage:
     python -m sql "select count(*) from sensors"
-    python -m sql -f sql/unhealthy_readings.sql     # a file of ;-separated statements
+    python -m sql -f sql/unhealthy_readings.sql     # a file of ;-separated statements, in one session
+    python -m sql -f sql/create_sensors.sql         # Impala's Kudu DDL, run as Impala would on any endpoint
+
+On an endpoint that is not Impala (the local Spark Thrift Server), `CREATE TABLE ... STORED AS KUDU` creates the
+Kudu table `impala::default.<name>` with Kudu's tooling and registers `<name>` over it, and `DROP TABLE <name>`
+drops both (`sql.client`); `DROP TABLE sensors` needs --drop-stack-table.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from pathlib import Path
 from impala.error import Error as ImpylaError
 from thrift.Thrift import TException
 
-from runtime.settings import connection_settings
-from sql.client import SqlUnavailable, cursor
+from runtime.settings import SQL_TABLE, connection_settings
+from sql.client import SqlUnavailable, session
+from sql.kudu_ddl import KuduDdlError
 
 
 def split_statements(text: str) -> list[str]:
@@ -49,22 +55,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--file", type=Path, help="a .sql file of ;-separated statements")
     parser.add_argument("--timeout-s", type=_seconds, default=60.0, metavar="S",
                         help="give up when the endpoint does not answer for this long (default 60)")
+    parser.add_argument("--drop-stack-table", action="store_true",
+                        help=f"let DROP TABLE {SQL_TABLE} delete the stack's own Kudu table and its readings "
+                             "(refused otherwise)")
     args = parser.parse_args(argv)
     if bool(args.statement) == bool(args.file):
         parser.error("give one statement, or -f FILE")
     try:
-        statements = split_statements(args.file.read_text()) if args.file else [args.statement.rstrip("; \n")]
+        statements = split_statements(args.file.read_text()) if args.file else [args.statement]
         settings = connection_settings()
     except (OSError, ValueError) as exc:  # an unreadable -f FILE, a malformed connection file
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        with cursor(settings.get("SQL_HOST"), settings.get("SQL_PORT"), args.timeout_s) as cur:
+        with session(settings.get("SQL_HOST"), settings.get("SQL_PORT"), args.timeout_s,
+                     settings.get("KUDU_MASTER")) as sql:
             for statement in statements:
-                cur.execute(statement)
-                if cur.description:
-                    print(format_table([d[0] for d in cur.description], cur.fetchall()))
-    except (SqlUnavailable, ImpylaError) as exc:
+                result = sql.execute(statement, args.drop_stack_table)
+                if result.columns:
+                    print(format_table(result.columns, result.rows))
+    except (SqlUnavailable, ImpylaError, KuduDdlError) as exc:
         print(f"error: {str(exc).splitlines()[0][:500]}", file=sys.stderr)
         return 1
     except (TException, OSError) as exc:  # the connection broke while a statement ran

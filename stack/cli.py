@@ -11,23 +11,27 @@ Usage:
     python -m stack supervise          # the supervisor `up` starts: restarts what exits (see stack/supervisor.py)
     python -m stack audit --run FILE   # reconcile a simulator run stage by stage (or --since 10m); exit 1 if
                                        # a difference is unexplained
+    python -m stack lab [--port N]     # JupyterLab over notebooks/; prints the one URL to open (Ctrl+C stops it)
 
-Settings: stack/stack.toml, each overridable by a STACK_<KEY> environment variable.
+Settings: stack/stack.toml, each overridable by a STACK_<KEY> environment variable. Every process these commands
+start gets runtime.settings.ENVIRONMENT_DEFAULTS (no usage telemetry) unless the environment sets them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from runtime.settings import connection_settings
+from runtime.settings import ENVIRONMENT_DEFAULTS, connection_settings
 from runtime.waiting import NotReady
 from stack.audit import Scope, audit, format_audit, parse_since, scope_of_run
 from stack.audit import __doc__ as audit_doc
 from stack.config import load_config
 from stack.install import install
+from stack.jupyter import add_lab_arguments, run_lab
 from stack.launcher import Stack, format_status, status_json
 from stack.services import SERVICE_NAMES
 
@@ -55,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     commands.add_parser("env", help="print the path of the connection file (source it to use the stack)")
     commands.add_parser("demo", help="run the simulator and watch SQL see readings arrive (needs `up`)")
+    lab = commands.add_parser("lab", help="JupyterLab over the lab notebooks: prints the one URL to open, runs "
+                              "until Ctrl+C", description=run_lab.__doc__)
+    add_lab_arguments(lab)
     supervise = commands.add_parser("supervise", help="restart the services `up` started when they exit or wedge "
                                     "(`up` starts it; you do not need to)")
     supervise.add_argument("--health-file", help="where to write the supervisor's own state")
@@ -90,6 +97,8 @@ def run_audit(args: argparse.Namespace, stack: Stack) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for name, value in ENVIRONMENT_DEFAULTS.items():  # for this process and every process it starts
+        os.environ.setdefault(name, value)
     args = build_parser().parse_args(argv)
     if args.command == "supervise":
         from stack.supervisor import main as supervise
@@ -123,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             from stack.demo import run_demo
 
             run_demo()
+        elif args.command == "lab":
+            return run_lab(cfg, args)
     except (RuntimeError, NotReady, FileNotFoundError) as exc:  # StackError is a RuntimeError
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.kudu import kudu_home
 from runtime.settings import DEFAULT_STACK_DIR, REPO_ROOT
 
 DEFAULTS_FILE = Path(__file__).resolve().parent / "stack.toml"
@@ -102,6 +103,7 @@ class StackConfig:
     sql_port: int = _setting(PORT)
     sql_driver_memory: str = _setting(MEMORY)
     model_port: int = _setting(PORT)
+    lab_port: int = _setting(PORT)
     ready_timeout_s: float = _setting(SECONDS)
 
     def as_environment(self) -> dict[str, str]:
@@ -150,12 +152,7 @@ class StackConfig:
     @property
     def kudu_home(self) -> Path:
         """The unpacked `kudu-binary-<version>-linux-x86_64` folder (bin/, lib/, www/)."""
-        matches = sorted((self.install_dir / "jvm" / "kudu").glob("kudu-binary-*-linux-x86_64"))
-        if not matches:
-            raise FileNotFoundError(
-                f"Kudu binaries not found under {self.install_dir / 'jvm' / 'kudu'}: run `make setup` first"
-            )
-        return matches[-1]
+        return kudu_home(self.install_dir)
 
     @property
     def ivy_dir(self) -> Path:

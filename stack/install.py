@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from runtime.kudu import kudu_environment
 from runtime.spark import IVY_SETTINGS, JVM_POM, connector_packages, spark_environment, spark_submit_command
 from stack.config import StackConfig
-from stack.kudu_table import kudu_environment
 from stack.secrets import ensure_secrets
 
 

@@ -15,13 +15,15 @@ import uuid
 from pathlib import Path
 
 from runtime.health import Health, read_health
-from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
+from runtime.kudu import KuduTables, kudu_cli, kudu_environment
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, KUDU_TABLE, SQL_TABLE
 from runtime.spark import jvm_versions, spark_environment, spark_submit_command
 from runtime.waiting import http_ok
+from sql.client import cursor
+from sql.kudu_ddl import add_missing_columns, ensure_table, load_sensors_spec, register_in_sql
 from stack import probes
 from stack.config import StackConfig
 from stack.connection import local_stack_settings
-from stack.kudu_table import ensure_table, kudu_cli, kudu_environment, load_sensors_spec, register_in_sql
 
 
 class Service:
@@ -309,10 +311,13 @@ class KuduTabletServer(_KuduDaemon):
         return self.address in listing
 
     def initialise(self, secrets: dict[str, str]) -> str | None:
+        """Create the Kudu table of the lab-9 DDL, or add the columns it has to a table an older version made."""
         spec = load_sensors_spec()
-        if ensure_table(self.cfg.kudu_home, self.cfg.kudu_master_address, spec):
+        kudu = KuduTables(self.cfg.kudu_master_address, self.cfg.kudu_home)
+        if ensure_table(kudu, spec):
             return f"created Kudu table {spec.name}"
-        return None
+        added = add_missing_columns(kudu, spec)
+        return f"added column(s) {', '.join(added)} to Kudu table {spec.name}" if added else None
 
 
 class SqlServer(Service):
@@ -355,9 +360,10 @@ class SqlServer(Service):
         return probes.sql_answers(self.cfg.host, self.cfg.sql_port)
 
     def initialise(self, secrets: dict[str, str]) -> str | None:
-        """(Re)register `sensors` as a Spark table over the Kudu table."""
-        kudu_table = register_in_sql(self.cfg.host, self.cfg.sql_port, SQL_TABLE, self.cfg.kudu_master_address)
-        return f"SQL table {SQL_TABLE} -> Kudu {kudu_table}"
+        """(Re)register `sensors` as a Spark table over the Kudu table, with the columns it has now."""
+        with cursor(self.cfg.host, self.cfg.sql_port) as cur:
+            register_in_sql(cur, SQL_TABLE, KUDU_TABLE, self.cfg.kudu_master_address, replace=True)
+        return f"SQL table {SQL_TABLE} -> Kudu {KUDU_TABLE}"
 
 
 class ModelServer(Service):

@@ -17,7 +17,8 @@ Each micro-batch (`write_batch`), in three steps:
   1. summarise (`summarise`): read Kafka (from the earliest offset on the first run), check each record against
      the data contract, score the valid ones in one Arrow call per partition to the model server's batch endpoint
      (`model.client`), and count them;
-  2. write scored (`write_scored`): INSERT the new readings into Kudu;
+  2. write scored (`write_scored`): INSERT the new readings into Kudu, each with its verdict and the version of
+     the model that gave it (`model_version`);
   3. write dead letters (`write_batch_dead_letters`): send the rest to the dead-letter topic with the reason:
      records that are not readings, and conflicts (a different reading under a key that is already stored; the
      stored one is kept).
@@ -59,7 +60,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from contract import ID_FIELD, LABEL, SENSOR_FIELDS, TS_FIELD
+from contract import ID_FIELD, LABEL, MODEL_VERSION, SENSOR_FIELDS, TABLE_COLUMNS, TS_FIELD
 from runtime.health import Health, HealthReporter
 from runtime.retry import Backoff
 from runtime.waiting import http_ok, port_open
@@ -72,6 +73,7 @@ OUTPUT_SCHEMA = StructType([
     StructField(TS_FIELD, TimestampType()),
     *[StructField(name, DoubleType()) for name in SENSOR_FIELDS],
     StructField(LABEL, IntegerType()),
+    StructField(MODEL_VERSION, IntegerType()),
     StructField("value", BinaryType()),
     StructField("reason", StringType()),
     StructField("field", StringType()),
@@ -79,7 +81,6 @@ OUTPUT_SCHEMA = StructType([
     StructField("offset", LongType()),
     StructField("conflict", StringType()),
 ])
-TABLE_COLUMNS = [ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL]
 DATA_LOSS_EXIT = 3
 STUCK_EXIT = 4
 UNPROCESSABLE_AFTER = 5  # failures in a row, none blaming a dependency, before a batch is dead-lettered whole
@@ -221,6 +222,8 @@ def summarize(scored: DataFrame) -> Summary:
     return Summary(rows, by_kind.get("dead", (0,))[0], conflicts, sorted(ids), low, high)
 
 
+# What decides a reading's identity: its key and its sensor values, never its verdict nor the model's version (a
+# replay scored again after a new model was promoted is the same reading, not a conflict).
 STORED_COLUMNS = [ID_FIELD, TS_FIELD, *SENSOR_FIELDS]
 
 

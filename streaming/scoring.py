@@ -24,16 +24,17 @@ from contract import (
     LABEL,
     MAX_NESTING,
     MAX_PAYLOAD_BYTES,
+    MODEL_VERSION,
     SENSOR_FIELDS,
     TS_FIELD,
     InvalidReading,
     parse_reading,
 )
-from model.client import SCORERS, score_or_refuse, session
+from model.client import SCORERS, Scored, score_or_refuse, session
 
 # Columns of what mapInPandas returns (see OUTPUT_SCHEMA in the job): `kind` tells scored rows from dead letters.
-OUTPUT_COLUMNS = ["kind", ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, "value", "reason", "field", "partition", "offset",
-                  "conflict"]
+OUTPUT_COLUMNS = ["kind", ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, MODEL_VERSION, "value", "reason", "field",
+                  "partition", "offset", "conflict"]
 INPUT_COLUMNS = ["value", "partition", "offset"]
 
 
@@ -81,12 +82,13 @@ def check_records(batch: pd.DataFrame, tracker: KeyTracker, max_bytes: int, max_
     return good, dead
 
 
-def scored_frame(good: list[dict], verdicts: np.ndarray, refused: dict[int, str]) -> tuple[pd.DataFrame, list]:
-    """The scored readings as rows of the job's schema, and the rows the model server refused as dead letters.
-    Scored rows do not carry their Kafka record (the job finds it again by partition and offset if it needs it)."""
+def scored_frame(good: list[dict], scored: Scored, refused: dict[int, str]) -> tuple[pd.DataFrame, list]:
+    """The scored readings as rows of the job's schema (each with its verdict and the version of the model that
+    gave it), and the rows the model server refused as dead letters. Scored rows do not carry their Kafka record
+    (the job finds it again by partition and offset if it needs it)."""
     frame = pd.DataFrame.from_records(good, columns=[ID_FIELD, TS_FIELD, *SENSOR_FIELDS, "value", "partition",
                                                      "offset", "conflict"])
-    frame[LABEL] = verdicts
+    frame[LABEL], frame[MODEL_VERSION] = scored.verdicts, scored.model_versions
     dead = [(frame["value"][i], reason, "", frame["partition"][i], frame["offset"][i]) for i, reason in refused.items()]
     frame = frame.drop(index=list(refused)) if refused else frame
     frame[TS_FIELD] = pd.to_datetime(frame[TS_FIELD], unit="us")
@@ -108,9 +110,9 @@ def check_and_score(batches: Iterator[pd.DataFrame], model_url: str, access_key:
             out = []
             if good:
                 features = np.array([[r[name] for name in SENSOR_FIELDS] for r in good], dtype=np.float64)
-                verdicts, refused = score_or_refuse(score, features, model_url=model_url, access_key=access_key,
-                                                    session=http)
-                frame, refused_rows = scored_frame(good, verdicts, refused)
+                scored, refused = score_or_refuse(score, features, model_url=model_url, access_key=access_key,
+                                                  session=http)
+                frame, refused_rows = scored_frame(good, scored, refused)
                 out.append(frame)
                 dead += refused_rows
             if dead:
@@ -124,6 +126,6 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
     """Columns with the dtypes Arrow converts to the job's schema, whatever mix of rows (a batch of dead letters
     alone has no timestamps: NaN would not convert to a timestamp and fail the batch)."""
     texts = ("kind", "reason", "field", "value", "conflict")
-    types = {ID_FIELD: "Int32", LABEL: "Int32", "partition": "Int32", "offset": "Int64",
+    types = {ID_FIELD: "Int32", LABEL: "Int32", MODEL_VERSION: "Int32", "partition": "Int32", "offset": "Int64",
              **dict.fromkeys(SENSOR_FIELDS, "float64"), **dict.fromkeys(texts, object)}
     return frame.astype(types).assign(**{TS_FIELD: pd.to_datetime(frame[TS_FIELD])})

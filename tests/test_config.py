@@ -1,4 +1,4 @@
-"""Settings, secrets, pinned versions and the DDL translation: no services needed."""
+"""Settings, secrets and pinned versions: no services needed."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from runtime.settings import CONNECTION_VARIABLES, REPO_ROOT, read_env_file
 from runtime.spark import connector_packages, jvm_versions
 from stack.cli import main as stack_cli
 from stack.config import DEFAULTS_FILE, StackConfig, load_config
-from stack.kudu_table import load_sensors_spec, parse_impala_kudu_ddl
 from stack.launcher import Stack
 from stack.secrets import ensure_secrets
 
@@ -59,7 +58,7 @@ def _is_path(value: Path) -> bool:
 
 # The rules, written out independently of stack/config.py: what a loaded config's values must satisfy.
 PORTS = ("mqtt_port", "kafka_port", "kafka_controller_port", "kudu_master_port", "kudu_master_web_port",
-         "kudu_tserver_port", "kudu_tserver_web_port", "sql_port", "model_port")
+         "kudu_tserver_port", "kudu_tserver_web_port", "sql_port", "model_port", "lab_port")
 RULES = {
     **dict.fromkeys(PORTS, lambda v: 1 <= v <= 65535),
     **dict.fromkeys(("kafka_iot_partitions", "kudu_tserver_memory_mb"), lambda v: v >= 1),
@@ -235,33 +234,6 @@ def test_pyspark_matches_the_spark_line_of_the_kudu_connector():
         f"org.apache.spark:spark-sql-kafka-0-10_2.12:{versions['spark.version']}",
         f"org.apache.kudu:kudu-spark3_2.12:{versions['kudu.version']}",
     ]
-
-
-def test_lab9_ddl_translates_to_the_kudu_table_impala_would_create():
-    spec = load_sensors_spec()
-    assert spec.name == "impala::default.sensors"
-    assert spec.columns == (
-        ("sensor_id", "INT32"), ("sensor_ts", "UNIXTIME_MICROS"),
-        *((f"sensor_{i}", "DOUBLE") for i in range(12)),
-        ("is_healthy", "INT32"),
-    )
-    assert spec.primary_key == ("sensor_id", "sensor_ts")
-    assert spec.hash_columns == spec.primary_key
-    assert (spec.hash_buckets, spec.replicas) == (16, 1)
-
-
-@pytest.mark.parametrize("ddl, message", ids=["not-kudu", "bad-type", "no-key", "unknown-key", "no-partition"],
-                         argvalues=[
-    ("CREATE TABLE t (a INT, PRIMARY KEY (a)) PARTITION BY HASH PARTITIONS 2", "STORED AS KUDU"),
-    ("CREATE TABLE t (a INT, b DECIMAL, PRIMARY KEY (a)) PARTITION BY HASH PARTITIONS 2 STORED AS KUDU",
-     "column 'b': type 'DECIMAL'"),
-    ("CREATE TABLE t (a INT) PARTITION BY HASH PARTITIONS 2 STORED AS KUDU", "PRIMARY KEY"),
-    ("CREATE TABLE t (a INT, PRIMARY KEY (z)) PARTITION BY HASH PARTITIONS 2 STORED AS KUDU", "'z'"),
-    ("CREATE TABLE t (a INT, PRIMARY KEY (a)) STORED AS KUDU", "PARTITION BY HASH"),
-])
-def test_unsupported_ddl_is_refused_with_the_reason(ddl, message):
-    with pytest.raises(ValueError, match=message):
-        parse_impala_kudu_ddl(ddl)
 
 
 @pytest.mark.parametrize("stack_dir_value", [None, "/tmp/elsewhere-stack"])

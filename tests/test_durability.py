@@ -1,12 +1,15 @@
 """Durability we can state: a different reading under a stored key is kept aside, never written over, while an
-identical replay is harmless; offsets deleted by Kafka's retention stop the job loudly, by default; and what
-Mosquitto acknowledged survives its kill -9 but for the last 2 s."""
+identical replay is harmless, also when a newer model scores it; offsets deleted by Kafka's retention stop the job
+loudly, by default; and what Mosquitto acknowledged survives its kill -9 but for the last 2 s."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import paho.mqtt.client as mqtt
@@ -14,9 +17,10 @@ import pytest
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient
 
+from model.registry import promote
 from runtime.kafka import ensure_topic
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
-from runtime.waiting import wait_until
+from runtime.waiting import http_ok, wait_until
 from sql.client import query
 from stack.process import PidRecord
 from tests.poison import reading
@@ -50,6 +54,56 @@ def test_a_different_reading_under_a_stored_key_is_dead_lettered_and_a_replay_is
         "is kept; sensor_3: 2.0 kept, 7.5 here")
     assert query(f"select sensor_3 from {SQL_TABLE} where sensor_id = {machine} and sensor_ts = "
                  f"cast('2023-11-14 22:13:20' as timestamp)", pipeline.cfg.host, pipeline.cfg.sql_port) == [(2.0,)]
+
+
+def model_server_of_version_2(pipeline, workshop_run, free_ports) -> tuple[subprocess.Popen, str]:
+    """A model server of its own serving the session's model promoted once more (version 2), and its URL."""
+    model_file = pipeline.workdir / "v2" / "iot_model.joblib"
+    model_file.parent.mkdir(exist_ok=True)
+    shutil.copy(pipeline.cfg.model_file, model_file)
+    assert promote(workshop_run.run_id, model_file).version == 2
+    port = free_ports(1)[0]
+    env = {**os.environ, "MODEL_ACCESS_KEY": pipeline.secrets["MODEL_ACCESS_KEY"], "MODEL_PATH": str(model_file)}
+    server = subprocess.Popen([sys.executable, "-m", "model", "serve", "--host", pipeline.cfg.host, "--port",
+                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://{pipeline.cfg.host}:{port}"
+    wait_until(lambda: http_ok(f"{url}/health"), 60, "model server v2",
+               abort=lambda: "exited" if server.poll() is not None else None)
+    return server, url
+
+
+def test_a_replay_scored_by_a_newer_model_is_a_replay_and_keeps_the_stored_verdicts_version(pipeline, workshop_run,
+                                                                                              free_ports):
+    topic, machine, ts = "iot.replay-test", 1_300_003, 1_700_000_000_000_000
+    key, replayed = str(machine).encode(), reading(sensor_id=machine, sensor_ts=ts)
+    later = reading(sensor_id=machine, sensor_ts=ts + 1)
+    ensure_topic(pipeline.cfg.kafka_bootstrap, topic, 1)
+    admin = KafkaAdminClient(bootstrap_servers=pipeline.cfg.kafka_bootstrap)
+    try:
+        pipeline.produce([(key, replayed)], topic)
+        job = pipeline.start_job("replay-v1", "--topic", topic)
+        try:
+            assert pipeline.wait_for_rows(f"sensor_id = {machine}", 1) == 1
+        finally:
+            pipeline.stop(job)
+        server, url = model_server_of_version_2(pipeline, workshop_run, free_ports)
+        dlq = pipeline.end_offsets(DEAD_LETTER_TOPIC)
+        job = pipeline.start_job("replay-v2", "--topic", topic, "--model-url", url)  # from the topic's start
+        try:
+            pipeline.produce([(key, later)], topic)
+            assert pipeline.wait_for_rows(f"sensor_id = {machine}", 2) == 2
+        finally:
+            pipeline.stop(job)
+            server.terminate()
+            server.wait(timeout=30)
+    finally:
+        admin.delete_topics([topic])
+        admin.close()
+    rows = query(f"select model_version from {SQL_TABLE} where sensor_id = {machine} order by sensor_ts",
+                 pipeline.cfg.host, pipeline.cfg.sql_port)
+    assert rows == [(1,), (2,)]
+    assert pipeline.records_since(DEAD_LETTER_TOPIC, dlq, lambda r: r.value == replayed, 1, timeout_s=5) == []
+    assert "1 already stored" in (pipeline.workdir / "replay-v2.log").read_text()
 
 
 def test_offsets_deleted_by_retention_stop_the_job_unless_told_to_go_on(pipeline):

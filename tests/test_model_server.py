@@ -50,7 +50,7 @@ def client(model_file):
 def test_workshop_examples(client, feature, expected):
     response = client.post("/predict", json={"feature": feature}, headers=AUTH)
     assert response.status_code == 200
-    assert response.json == {"result": expected}
+    assert response.json == {"result": expected, "model_version": 1}
 
 
 @pytest.mark.parametrize("body, message", [
@@ -105,11 +105,11 @@ def test_batch_json_and_arrow_equal_in_process_predictions(client, model_file):
     expected = load_served_model(model_file)[0].predict(rows)
     as_json = client.post("/predict/batch", json={"rows": rows.tolist()}, headers=AUTH)
     assert as_json.status_code == 200
-    assert as_json.json["results"] == expected.tolist()
+    assert as_json.json["results"] == expected.tolist() and as_json.json["model_version"] == 1
     as_arrow = client.post("/predict/batch", data=rows_to_ipc(rows), headers={**AUTH, "Content-Type": ARROW_STREAM})
     assert as_arrow.status_code == 200 and as_arrow.mimetype == ARROW_STREAM
-    results = ipc_to_results(as_arrow.data)
-    assert results.tolist() == expected.tolist()
+    results, version = ipc_to_results(as_arrow.data)
+    assert results.tolist() == expected.tolist() and version == 1
 
 
 @pytest.mark.parametrize("body, message", [
@@ -141,7 +141,7 @@ def test_workshop_cdsw_route_and_shape(client):
     ok = client.post("/api/altus-ds-1/models/call-model",
                      json={"accessKey": KEY, "request": {"feature": FAILING_EXAMPLE}})
     assert ok.status_code == 200
-    assert ok.json == {"success": True, "response": {"result": 0}}
+    assert ok.json == {"success": True, "response": {"result": 0, "model_version": 1}}
     wrong_key = client.post("/api/altus-ds-1/models/call-model",
                             json={"accessKey": "nope", "request": {"feature": FAILING_EXAMPLE}})
     assert wrong_key.status_code == 401 and wrong_key.json["success"] is False
@@ -197,7 +197,7 @@ def test_cdsw_route_checks_a_bearer_header_before_the_body_and_accepts_it_as_the
                         headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json["success"] is False
     keyed = client.post(CDSW, json={"request": {"feature": HEALTHY_EXAMPLE}}, headers=AUTH)
-    assert keyed.status_code == 200 and keyed.json == {"success": True, "response": {"result": 1}}
+    assert keyed.status_code == 200 and keyed.json == {"success": True, "response": {"result": 1, "model_version": 1}}
 
 
 def test_cdsw_route_refuses_a_1_mib_body_without_reading_it(client):
@@ -344,7 +344,7 @@ def test_arrow_streams_the_server_cannot_take_are_a_400(client):
 def test_arrow_extra_flat_columns_are_skipped(client, compression):
     table = sensor_table(3, {"sensor_id": np.arange(3), "note": ["a", "b", None], "none": pa.nulls(3)})
     response = client.post("/predict/batch", data=ipc(table, compression), headers=ARROW_AUTH)
-    assert response.status_code == 200 and len(ipc_to_results(response.data)) == 3
+    assert response.status_code == 200 and len(ipc_to_results(response.data)[0]) == 3
 
 
 def test_a_zstd_arrow_bomb_is_refused_quickly_without_allocating(client):
@@ -390,15 +390,27 @@ def test_health_is_503_while_the_model_cannot_score(client, monkeypatch):
     assert client.get("/health").json == {"status": "ok", "model_version": 1}
 
 
+def versions_answered(client) -> set[int]:
+    """The model versions each scoring route names in its answer."""
+    feature, row = {"feature": HEALTHY_EXAMPLE}, np.array([[float(v) for v in HEALTHY_EXAMPLE.split(",")]])
+    arrow = client.post("/predict/batch", data=rows_to_ipc(row), headers=ARROW_AUTH).data
+    return {client.post("/predict", json=feature, headers=AUTH).json["model_version"],
+            client.post("/predict/batch", json={"rows": row.tolist()}, headers=AUTH).json["model_version"],
+            ipc_to_results(arrow)[1],
+            client.post(CDSW, json={"accessKey": KEY, "request": feature}).json["response"]["model_version"]}
+
+
 def test_reload_swaps_the_model_while_requests_keep_being_answered(client, model_file):
     other = train(5, 4)
     errors: list[str] = []
     stop = threading.Event()
+    assert versions_answered(client) == {1}
 
     def hammer():
         while not stop.is_set():
             response = client.post("/predict", json={"feature": HEALTHY_EXAMPLE}, headers=AUTH)
-            if response.status_code != 200 or response.json["result"] not in (0, 1):
+            answer = response.json
+            if response.status_code != 200 or answer["result"] not in (0, 1) or answer["model_version"] not in (1, 2):
                 errors.append(f"{response.status_code} {response.data[:200]!r}")
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]
@@ -416,6 +428,29 @@ def test_reload_swaps_the_model_while_requests_keep_being_answered(client, model
     assert client.get("/model").json["version"] == 2
     assert client.get("/model").json["params"]["num_trees"] == "5"
     assert errors == []
+    assert versions_answered(client) == {2}
+
+
+@pytest.mark.parametrize("arrow", [False, True], ids=["json", "arrow"])
+def test_a_batch_answered_across_a_reload_names_the_model_that_scored_it(client, model_file, monkeypatch, arrow):
+    holder = client.application.extensions["model"]
+    promote(train(5, 4).run_id, model_file)
+    scoring = holder.current.pipeline
+    predict = scoring.predict
+
+    def predict_then_reload(rows):
+        verdicts = predict(rows)
+        holder.reload()  # the new model arrives while this call still scores with the old one
+        return verdicts
+
+    monkeypatch.setattr(scoring, "predict", predict_then_reload)
+    rows = held_out_split().x_test[:10]
+    if arrow:
+        answer = client.post("/predict/batch", data=rows_to_ipc(rows), headers=ARROW_AUTH)
+        assert ipc_to_results(answer.data)[1] == 1
+    else:
+        assert client.post("/predict/batch", json={"rows": rows.tolist()}, headers=AUTH).json["model_version"] == 1
+    assert holder.current.info.version == 2
 
 
 def test_real_wsgi_server_on_a_free_port(served_model_file, free_ports):
@@ -443,8 +478,8 @@ def test_real_wsgi_server_on_a_free_port(served_model_file, free_ports):
         def post(feature: str, headers: dict) -> tuple[int, dict]:
             return call("/predict", json.dumps({"feature": feature}).encode(), headers)
 
-        assert post(HEALTHY_EXAMPLE, AUTH) == (200, {"result": 1})
-        assert post(FAILING_EXAMPLE, AUTH) == (200, {"result": 0})
+        assert post(HEALTHY_EXAMPLE, AUTH) == (200, {"result": 1, "model_version": 1})
+        assert post(FAILING_EXAMPLE, AUTH) == (200, {"result": 0, "model_version": 1})
         status, body = post(FAILING_EXAMPLE, {})
         assert status == 401 and "access key" in body["error"]
         big = json.dumps({"accessKey": KEY, "request": {"feature": HEALTHY_EXAMPLE}, "pad": "x" * (1 << 20)}).encode()
@@ -471,4 +506,4 @@ def test_make_up_serves_the_model_at_model_url_with_the_generated_key(local_stac
                                  headers={"Content-Type": "application/json",
                                           "Authorization": f"Bearer {settings['MODEL_ACCESS_KEY']}"})
     with urllib.request.urlopen(req, timeout=10) as response:
-        assert json.load(response) == {"result": 0}
+        assert json.load(response) == {"result": 0, "model_version": 1}

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contract import SENSOR_FIELDS
-from model.client import ModelUnavailable, score_batch, score_or_refuse, session
+from contract import SENSOR_FIELDS, format_feature_string
+from model.client import ModelUnavailable, predict, score_batch, score_batch_json, score_each, score_or_refuse, session
 from model.data import load_history
 from model.registry import load_served_model
 from streaming.scoring import check_and_score
@@ -42,14 +42,26 @@ def test_both_scorings_give_the_model_verdicts_and_dead_letter_the_rest(model_se
     (out,) = list(check_and_score(iter([batch]), url, key, scoring))
 
     scored = out[out["kind"] == "scored"]
-    pipeline, _ = load_served_model(served_model_file)
+    pipeline, info = load_served_model(served_model_file)
     expected = pipeline.predict(features)
     assert scored["sensor_id"].tolist() == list(range(200))
     assert scored["is_healthy"].tolist() == expected.astype(int).tolist()
+    assert set(scored["model_version"]) == {info.version}
     assert str(scored["sensor_ts"].iloc[0]) == "2023-11-14 22:13:20"
     dead = out[out["kind"] == "dead"]
     assert dead["value"].tolist() == [bad]
     assert dead["reason"].tolist() == ["sensor_1: missing"]
+
+
+@pytest.mark.parametrize("score", [score_batch, score_batch_json, score_each])
+def test_every_scorer_names_the_served_models_version(model_server, served_model_file, score):
+    url, key = model_server
+    _, features = readings(5)
+    pipeline, info = load_served_model(served_model_file)
+    scored = score(features, url, key)
+    assert scored.verdicts.tolist() == pipeline.predict(features).tolist()
+    assert scored.model_version == info.version
+    assert predict(format_feature_string(features[0]), url, key) == (scored.verdicts[0], info.version)
 
 
 def test_a_wrong_key_fails_the_batch_instead_of_skipping_it(model_server):
@@ -58,11 +70,13 @@ def test_a_wrong_key_fails_the_batch_instead_of_skipping_it(model_server):
         score_batch(np.zeros((3, 12)), url, "not-the-key", attempts=2)
 
 
-def test_a_row_the_model_server_refuses_costs_only_itself_its_verdict(model_server):
+def test_a_row_the_model_server_refuses_costs_only_itself_its_verdict(model_server, served_model_file):
     url, key = model_server
     _, features = readings(8)
     features[5, 3] = 1e39  # beyond float32: the server refuses the row (HTTP 400); the contract never lets it by
     with session() as http:
-        verdicts, refused = score_or_refuse(score_batch, features, model_url=url, access_key=key, session=http)
+        scored, refused = score_or_refuse(score_batch, features, model_url=url, access_key=key, session=http)
     assert list(refused) == [5] and "refused the row" in refused[5]
-    assert set(verdicts[[0, 1, 2, 3, 4, 6, 7]]) <= {0, 1}
+    assert set(scored.verdicts[[0, 1, 2, 3, 4, 6, 7]]) <= {0, 1}
+    version = load_served_model(served_model_file)[1].version
+    assert scored.model_versions.tolist() == [version] * 5 + [-1] + [version] * 2

@@ -12,6 +12,7 @@ import time
 import pytest
 from kafka import KafkaProducer
 
+from model.registry import load_served_model
 from runtime.kafka import end_offsets, records_since
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
 from runtime.waiting import NotReady, wait_until
@@ -88,6 +89,8 @@ def test_readings_published_on_mqtt_are_scored_into_kudu_exactly_once(local_stac
     assert distinct_keys(cfg, mine) == READINGS
     verdicts = query(f"select distinct is_healthy from sensors where {mine}", cfg.host, cfg.sql_port)
     assert {v for (v,) in verdicts} <= {0, 1}
+    served = load_served_model(cfg.model_file)[1].version
+    assert query(f"select distinct model_version from sensors where {mine}", cfg.host, cfg.sql_port) == [(served,)]
     # The lab-10 query's machines: those whose readings it mostly returns are the degrading ones.
     lab10 = f"select sensor_id, count(*) from sensors where is_healthy = 0 and {mine} group by sensor_id"
     flagged = dict(query(lab10, cfg.host, cfg.sql_port))

@@ -1,19 +1,25 @@
-"""The streaming job's options and launcher, without Spark running: every option is checked before Spark starts."""
+"""The streaming job without Spark running: its options and launcher (every option is checked before Spark
+starts), and the model versions its scoring keeps."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 import traceback
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import streaming.__main__ as launcher
-from model.client import ModelUnavailable, post_with_retries
+import streaming.scoring
+from model.client import ModelUnavailable, RowsRefused, Scored, post_with_retries, score_or_refuse
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, KUDU_TABLE
 from runtime.spark import connector_packages
 from streaming.options import DESCRIPTION, REQUIRED_SETTINGS, kafka_options, parse_args
+from streaming.scoring import check_and_score
 
 JOB = Path(launcher.__file__).resolve().parent / "kafka_to_kudu.py"
 
@@ -162,3 +168,39 @@ def test_a_model_outage_is_told_by_name_through_sparks_wrapping():
     assert dependency_of(wrapped, "score") == "model"
     assert first_line(wrapped).startswith("model.client.ModelUnavailable: model server http://m:8000/predict/batch "
                                           "failed 3 time(s); last: HTTP 401: wrong key")
+
+
+class SwappingServer:
+    """A scorer (as model.client's SCORERS) whose server promotes a new model after each call, and refuses rows
+    whose sensor_0 is 99 (HTTP 400)."""
+
+    def __init__(self):
+        self.version = 0
+
+    def __call__(self, rows: np.ndarray, **_call) -> Scored:
+        self.version += 1
+        if (rows[:, 0] == 99).any():
+            raise RowsRefused("HTTP 400: sensor_0 is 99")
+        return Scored.by_one_model(np.ones(len(rows), dtype=np.int8), self.version)
+
+
+def test_each_row_keeps_the_version_of_the_call_that_scored_it_across_model_swaps():
+    features = np.zeros((4, 12))
+    features[2, 0] = 99
+    scored, refused = score_or_refuse(SwappingServer(), features)
+    # call 1: all four, refused; 2: rows 2-3, refused; 3: row 3; 4: row 2, refused alone; 5: rows 0-1
+    assert scored.verdicts.tolist() == [1, 1, -1, 1]
+    assert scored.model_versions.tolist() == [5, 5, -1, 3]
+    assert list(refused) == [2]
+    with pytest.raises(ValueError, match=r"model versions \[-1, 3, 5\], not from one"):
+        _ = scored.model_version
+
+
+def test_the_jobs_scored_rows_carry_their_model_version(monkeypatch):
+    monkeypatch.setitem(streaming.scoring.SCORERS, "batch", SwappingServer())
+    reading = {"sensor_id": 7, "sensor_ts": 1_700_000_000_000_000, **{f"sensor_{i}": 1.0 for i in range(12)}}
+    values = [json.dumps({**reading, "sensor_ts": reading["sensor_ts"] + i}).encode() for i in range(3)]
+    first, second = (pd.DataFrame({"value": values[i:j], "partition": 0, "offset": range(i, j)})
+                     for i, j in ((0, 2), (2, 3)))
+    frames = list(check_and_score(iter([first, second]), "http://m:8000", "key"))
+    assert [frame["model_version"].tolist() for frame in frames] == [[1, 1], [2]]

@@ -15,6 +15,7 @@ from pyspark.sql.pandas.types import to_arrow_type
 
 from contract import MAX_NESTING, MAX_PAYLOAD_BYTES, parse_reading
 from gateway.bridge import GatewaySettings, route
+from model.client import Scored
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC
 from streaming.kafka_to_kudu import OUTPUT_SCHEMA
 from streaming.scoring import KeyTracker, check_records, scored_frame, typed
@@ -75,7 +76,7 @@ def test_the_job_makes_rows_spark_can_take_of_any_batch(values):
     assert len(good) + len(dead) <= len(values)  # repeats of a reading are dropped, nothing else
     frames = [pd.DataFrame(dead, columns=["value", "reason", "field", "partition", "offset"]).assign(kind="dead")]
     if good:
-        frame, refused = scored_frame(good, np.ones(len(good), dtype=np.int32), {})
+        frame, refused = scored_frame(good, Scored.by_one_model(np.ones(len(good), dtype=np.int8), 3), {})
         frames.append(frame)
     out = typed(pd.concat(frames, ignore_index=True).reindex(columns=[f.name for f in OUTPUT_SCHEMA.fields]))
     arrow_columns(out)

@@ -1,15 +1,18 @@
 """Routes of the model server. Every scoring route needs the access key; errors are JSON that say what is wrong.
 
-    POST /predict            {"feature": "0, 65, 0, 137, 21.95, 83, 19.42, 111, 9.4, 6, 3.43, 4"} -> {"result": 1}
+    POST /predict            {"feature": "0, 65, 0, 137, 21.95, 83, 19.42, 111, 9.4, 6, 3.43, 4"}
+                             -> {"result": 1, "model_version": N}
     POST /predict/batch      {"rows": [[12 numbers], ...]}  -> {"results": [1, 0, ...], "model_version": N}
                              or an Arrow IPC stream (Content-Type application/vnd.apache.arrow.stream) with
                              columns sensor_0..sensor_11 -> an Arrow IPC stream with one int8 column `result`
+                             and `model_version` in its schema's metadata
     POST /model/reload       load the promoted model file again and swap it in
     GET  /health, GET /model no key needed
     POST /api/altus-ds-1/models/call-model   the workshop's CDSW shape:
                              {"accessKey": KEY, "request": {"feature": "..."}}
-                             -> {"success": true, "response": {"result": 1}}
+                             -> {"success": true, "response": {"result": 1, "model_version": N}}
 
+Every answer names the version of the model that scored it: one model per call, even across a reload.
 A bad call gets a 4xx, never a 5xx: the key is checked before the body is read (on the CDSW route, whose key is in
 the body, the body is bounded to CDSW_MAX_BODY_BYTES first), bodies are bounded in bytes, nesting and rows, and
 every value is checked before it reaches the model.
@@ -247,8 +250,14 @@ def _arrow_rows(raw: bytes) -> np.ndarray:
     return _scorable(np.column_stack(columns).astype(np.float64, copy=False))
 
 
-def _arrow_response(results: np.ndarray) -> Response:
-    return Response(results_to_ipc(results), mimetype=ARROW_STREAM)
+def _arrow_response(results: np.ndarray, model_version: int) -> Response:
+    return Response(results_to_ipc(results, model_version), mimetype=ARROW_STREAM)
+
+
+def _score_one(row: np.ndarray) -> dict:
+    """The verdict for one row, with the version of the model that gave it."""
+    results, version = _holder().score(row)
+    return {"result": int(results[0]), "model_version": version}
 
 
 # ---- routes
@@ -279,7 +288,7 @@ def model_info():
 @require_key
 def predict():
     _require_json()
-    return jsonify(result=int(_holder().predict(_json_body(_feature_row))[0]))
+    return jsonify(_score_one(_json_body(_feature_row)))
 
 
 @bp.post("/predict/batch")
@@ -287,10 +296,10 @@ def predict():
 def predict_batch():
     holder = _holder()
     if request.mimetype == ARROW_STREAM:
-        return _arrow_response(holder.predict(_arrow_rows(_read_body())))
+        return _arrow_response(*holder.score(_arrow_rows(_read_body())))
     _require_json(f"application/json or {ARROW_STREAM}")
-    results = holder.predict(_json_body(_json_rows))
-    return jsonify(results=results.tolist(), model_version=holder.current.info.version)
+    results, version = holder.score(_json_body(_json_rows))
+    return jsonify(results=results.tolist(), model_version=version)
 
 
 @bp.post("/model/reload")
@@ -309,10 +318,10 @@ def reload_model():
 def call_model():
     """The workshop's CDSW model API: key in the body (or as a Bearer header), result under `response`."""
     try:
-        result = int(_holder().predict(_cdsw_row())[0])
+        answer = _score_one(_cdsw_row())
     except HTTPException as exc:
         return jsonify(success=False, message=exc.description), exc.code
-    return jsonify(success=True, response={"result": result})
+    return jsonify(success=True, response=answer)
 
 
 def _cdsw_row() -> np.ndarray:

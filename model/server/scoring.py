@@ -53,10 +53,16 @@ class ModelHolder:
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Verdicts (1 healthy, 0 likely to break) for an (n, 12) float64 array."""
+        return self.score(rows)[0]
+
+    def score(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
+        """Verdicts for an (n, 12) float64 array, and the version of the model that gave them all: one model for
+        the whole request, even if a reload happens meanwhile."""
         if rows.ndim != 2 or rows.shape[1] != N_SENSORS:
             raise ValueError(f"expected an (n, {N_SENSORS}) array, got shape {rows.shape}")
-        pipeline = self._current.pipeline  # one model for the whole request, even if a reload happens meanwhile
+        model = self._current
         if len(rows) < PARALLEL_MIN_ROWS or self._workers == 1:
-            return pipeline.predict(rows).astype(np.int8)
+            return model.pipeline.predict(rows).astype(np.int8), model.info.version
         chunks = np.array_split(rows, self._workers)
-        return np.concatenate(list(self._pool.map(pipeline.predict, chunks))).astype(np.int8)
+        verdicts = np.concatenate(list(self._pool.map(model.pipeline.predict, chunks))).astype(np.int8)
+        return verdicts, model.info.version
