@@ -90,18 +90,17 @@ def show_settings() -> None:
         print(f"{name:<17} {'********' if name in SECRET_VARIABLES and name in values else value}")
 
 
-def tail_log(service: str, lines: int = 5, contains: str = "") -> list[str]:
-    """Print (and return) the last lines of a stack service's log (only lines containing `contains`, if given)."""
+def tail_log(service: str, lines: int = 5, contains: str = "") -> None:
+    """Print the last lines of a stack service's log (only lines containing `contains`, if given)."""
     log = load_config().logs_dir / f"{service}.log"
     kept = [line for line in log.read_text(errors="replace").splitlines() if contains in line][-lines:]
     print(f"{log} (last {lines}{f' lines with {contains!r}' if contains else ''}):")
     print("\n".join(kept))
-    return kept
 
 
-def wait_for(what: str, done: Callable[[], object], timeout_s: float = 180, required: bool = True) -> bool:
+def wait_for(what: str, done: Callable[[], object], timeout_s: float = 180, required: bool = True) -> None:
     """Poll `done()` until it returns something true (`runtime.waiting.wait_until`); say how long it took.
-    When the time is up, raise; or, with required=False, say so and return False."""
+    When the time is up, raise; or, with required=False, only say so (the cells after look at what happened)."""
     started = time.monotonic()
     try:
         wait_until(done, timeout_s, what)
@@ -109,9 +108,8 @@ def wait_for(what: str, done: Callable[[], object], timeout_s: float = 180, requ
         if required:
             raise
         print(f"{what}: not after {timeout_s:g} s")
-        return False
+        return
     print(f"{what}: after {time.monotonic() - started:.1f} s")
-    return True
 
 
 def stack() -> Stack:

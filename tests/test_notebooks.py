@@ -72,6 +72,7 @@ def test_every_lab_checks_it_is_ready_checks_its_promises_and_ends_with_an_exerc
         f"{lab.name}: one exercise, its check and its solution; found {kinds}")
     (solution,) = [c for c in cells if tagged(c, "solution")]
     assert solution.metadata.get("jupyter", {}).get("source_hidden"), f"{lab.name}: the solution is not collapsed"
+    assert solution.source.startswith("#"), f"{lab.name}: a collapsed cell shows its first line: make it a comment"
     assert "labkit.check(" in next(c for c in cells if tagged(c, "check")).source
 
 
