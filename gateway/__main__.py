@@ -19,6 +19,10 @@ acknowledges nothing and waits; it resumes by itself. `--health-file` gets the g
 starting, or degraded with what it waits on), which `make status` shows.
 
 Metrics every `--metrics-interval` seconds and at exit: received, produced, dead-lettered, in flight, rate.
+With `--metrics-port PORT` (or GATEWAY_METRICS_PORT) the gateway also serves them to Prometheus at
+http://127.0.0.1:PORT/metrics (`--metrics-host` to listen elsewhere), summed over its workers:
+iot_gateway_received_total, iot_gateway_produced_total, iot_gateway_dead_lettered_total{reason},
+iot_gateway_in_flight, iot_gateway_kafka_ack_latency_seconds{outcome} (see gateway/metrics.py).
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ import threading
 import time
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from contract import MAX_NESTING, MAX_PAYLOAD_BYTES
 from gateway.bridge import GatewaySettings, GatewayWorker
+from gateway.metrics import GatewayMetrics
 from runtime.health import STALE_AFTER_S, Health, HealthReporter
+from runtime.metrics import DEFAULT_METRICS_HOST, port_number, start_metrics_server
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, MQTT_TOPIC_FILTER, connection_settings, require
 
 SETTINGS = ("MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP")  # what it reads
@@ -63,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-nesting", type=int, default=MAX_NESTING,
                         help=f"payloads nested deeper are dead-lettered (default {MAX_NESTING})")
     parser.add_argument("--health-file", type=Path, help="where to write the gateway's state every 2 s")
+    parser.add_argument("--metrics-port", type=port_number, metavar="PORT",
+                        default=os.environ.get("GATEWAY_METRICS_PORT") or "0",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics, summed over the workers "
+                             "(default $GATEWAY_METRICS_PORT, else 0: no endpoint)")
+    parser.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST, metavar="HOST",
+                        help=f"address of the metrics endpoint (default {DEFAULT_METRICS_HOST}: this host only)")
     return parser
 
 
@@ -71,25 +85,42 @@ def run_worker(settings: GatewaySettings, index: int, ready, reports) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     worker = GatewayWorker(settings, index, on_ready=lambda: ready.release())
-    worker.run(stop, report=(lambda health: reports.put((index, health))) if reports is not None else lambda _h: None)
+    if reports is None:
+        worker.run(stop)
+    else:  # once a second: the health report and everything counted so far (the parent's metrics)
+        worker.run(stop, report=lambda health: reports.put((index, health, worker.counters.snapshot())))
     sys.exit(1 if worker.failed else 0)
 
 
 class WorkerReports:
-    """The latest health report of each worker, combined into the gateway's."""
+    """The latest health report and counters of each worker: combined into the gateway's health, summed into its
+    metrics. `collect()` takes what the workers sent; the main loop calls it every half second or so (a queue left
+    unread would fill its pipe, and a worker cannot exit before its queue is flushed into the pipe), the health
+    reporter and the metrics endpoint before they read."""
 
     def __init__(self, reports, workers: int):
         self.reports = reports
         self.latest: dict[int, tuple[float, Health]] = {}
+        self.counters: dict[int, dict] = {}  # each worker's latest Counters.snapshot()
         self.workers = workers
+        self._lock = threading.Lock()  # the main loop, the health reporter and the scrapes all collect
 
     def collect(self) -> None:
-        while True:
-            try:
-                index, health = self.reports.get_nowait()
-            except queue.Empty:
-                return
-            self.latest[index] = (time.monotonic(), health)
+        if self.reports is None:
+            return
+        with self._lock:
+            while True:
+                try:
+                    index, health, counters = self.reports.get_nowait()
+                except queue.Empty:
+                    return
+                self.latest[index] = (time.monotonic(), health)
+                self.counters[index] = counters
+
+    def snapshots(self) -> list[dict]:
+        """Each worker's latest counters (what gateway.metrics.GatewayMetrics sums)."""
+        self.collect()
+        return list(self.counters.values())
 
     def combined(self) -> Health:
         self.collect()
@@ -128,13 +159,25 @@ def main(argv: list[str] | None = None) -> int:
                                args.metrics_interval, args.workers, max_payload_bytes=args.max_payload_bytes,
                                max_nesting=args.max_nesting)
     context = mp.get_context("fork")
-    # Workers report only when the parent reads the reports (a health file): unread, they would fill the pipe, and
-    # a process cannot exit until its queue is flushed into the pipe, so stopping would hang (Python's
-    # multiprocessing "joining processes that use queues").
-    ready, reports = context.Semaphore(0), context.Queue() if args.health_file else None
+    # Workers report only when someone wants the reports (a health file, a metrics endpoint), and the parent then
+    # reads them all the time (`worker_reports.collect()` below): unread, they would fill the pipe, and a process
+    # cannot exit until its queue is flushed into the pipe, so stopping would hang (Python's multiprocessing
+    # "joining processes that use queues").
+    wanted = args.health_file or args.metrics_port
+    ready, reports = context.Semaphore(0), context.Queue() if wanted else None
     workers = [context.Process(target=run_worker, args=(settings, i, ready, reports), name=f"gateway-{i}")
                for i in range(args.workers)]
-    health = HealthReporter(args.health_file, WorkerReports(reports, args.workers).combined).start()
+    worker_reports = WorkerReports(reports, args.workers)
+    metrics = None
+    if args.metrics_port:  # before the workers start: a port in use stops the gateway before it takes any message
+        registry = CollectorRegistry()
+        registry.register(GatewayMetrics(worker_reports.snapshots))
+        try:
+            metrics = start_metrics_server(args.metrics_port, args.metrics_host, registry)
+        except OSError as exc:
+            raise SystemExit(f"error: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}") from None
+        logging.getLogger("gateway").info("Prometheus metrics at %s", metrics.url)
+    health = HealthReporter(args.health_file, worker_reports.combined).start()
     for worker in workers:
         worker.start()
     stopping = threading.Event()
@@ -151,17 +194,24 @@ def main(argv: list[str] | None = None) -> int:
     subscribed = 0
     while subscribed < args.workers and all(w.is_alive() for w in workers):
         subscribed += ready.acquire(timeout=0.5)
+        worker_reports.collect()
     logging.getLogger("gateway").info("%d worker(s) subscribed to %s", subscribed, args.topic_filter)
     try:
         # One worker failing stops the gateway: its unacknowledged messages go back to the broker's queue.
         while all(w.is_alive() for w in workers) and not stopping.is_set():
             for worker in workers:
                 worker.join(timeout=0.5)
+            worker_reports.collect()
     finally:
         stop_workers()
         for worker in workers:
-            worker.join(timeout=90)
+            deadline = time.monotonic() + 90
+            while worker.is_alive() and time.monotonic() < deadline:
+                worker.join(timeout=0.5)
+                worker_reports.collect()  # a worker exits only once its last reports are in the pipe
         health.stop()
+        if metrics:
+            metrics.close()
     return 0 if all(w.exitcode == 0 for w in workers) and stopping.is_set() else 1
 
 

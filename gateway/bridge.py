@@ -10,16 +10,20 @@
   our session. When Kafka is back, everything resumes by itself.
 - Health (`health()`): up only while connected, Kafka taking records, and messages (or our own ping, published
   to ourselves through the broker every few seconds) flowing; otherwise degraded, naming what it waits on.
+- Counters (`Counters.snapshot()`, sent to the parent with each health report, served as Prometheus metrics
+  there): received, produced, dead-lettered by reason category, and Kafka's acknowledgement latency.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -42,6 +46,8 @@ from contract import (
     MAX_NESTING,
     MAX_PAYLOAD_BYTES,
     RECEIVED_TS_FIELD,
+    SENSOR_FIELDS,
+    TS_FIELD,
     InvalidReading,
     clip,
     parse_reading,
@@ -65,6 +71,29 @@ KAFKA_WAIT_S = 10.0  # a record unacknowledged by Kafka this long: the worker is
 PING_INTERVAL_S = 5.0
 STALL_S = 30.0  # no progress and no ping back for this long: degraded; for STALL_FAIL_S: the worker exits
 STALL_FAIL_S = 120.0
+
+# The `reason` of a dead letter as a metrics label: one of a small fixed set, so that the label's values stay
+# bounded whatever arrives (the full reason, with the offending value, is in the dead letter's `reason` header, never
+# in a label). A contract field names its own category (`sensor_5`: missing, wrong type, out of range, ...); any
+# other field (an extra one, whose name comes from the payload) is `extra_field`; a payload that is not a reading
+# as a whole is `not_json`, `too_large`, `too_deep`, `not_an_object` or `unreadable`; a record Kafka refuses is
+# `kafka_refused`; a message the gateway failed on is `gateway_error`.
+CONTRACT_FIELDS = (ID_FIELD, TS_FIELD, *SENSOR_FIELDS)
+PAYLOAD_FAULTS = (("not JSON", "not_json"), ("payload of ", "too_large"), ("nested deeper than", "too_deep"),
+                  ("not a JSON object", "not_an_object"))  # InvalidReading.problem's beginning -> category
+DEAD_LETTER_REASONS = (*CONTRACT_FIELDS, "extra_field", *(category for _, category in PAYLOAD_FAULTS), "unreadable",
+                       "kafka_refused", "gateway_error")
+OUTCOMES = ("produced", "dead_lettered")
+# Upper bounds of the Kafka acknowledgement latency histogram, in seconds: a few ms when all is well (5 ms linger,
+# acks=all), up to minutes while Kafka is away (records wait, they are never dropped).
+ACK_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def dead_letter_reason(exc: InvalidReading) -> str:
+    """The category of a contract violation, one of DEAD_LETTER_REASONS (a bounded metrics label)."""
+    if exc.field is not None:
+        return exc.field if exc.field in CONTRACT_FIELDS else "extra_field"
+    return next((category for start, category in PAYLOAD_FAULTS if exc.problem.startswith(start)), "unreadable")
 
 
 @dataclass(frozen=True)
@@ -105,18 +134,50 @@ class Outgoing:
     qos: int
     connection: int  # which MQTT connection delivered it: an ack is only valid on that one
     not_before: float = 0.0  # monotonic time before which it must not be resent
+    reason: str | None = None  # a dead letter's category, one of DEAD_LETTER_REASONS
 
 
 class Counters:
-    """What a worker has done, for the metrics line and the health report."""
+    """What a worker has done, for the metrics line, the health report and the parent's Prometheus metrics.
+
+    Increments only, under a lock held for a few additions (never across I/O): the message path never waits on
+    metrics. `snapshot()` is a plain, picklable dict the worker sends to the parent (gateway/metrics.py sums them).
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.received = self.produced = self.dead_lettered = 0
+        self.dead_letter_reasons: Counter[str] = Counter()
+        # Per outcome: how many acknowledgements fell in each ACK_LATENCY_BUCKETS_S bucket (the last one: beyond
+        # all of them), and the latencies' sum.
+        self.ack_latency_counts = {outcome: [0] * (len(ACK_LATENCY_BUCKETS_S) + 1) for outcome in OUTCOMES}
+        self.ack_latency_sum = dict.fromkeys(OUTCOMES, 0.0)
 
     def add(self, name: str) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + 1)
+
+    def delivered(self, outcome: str, reason: str | None, latency_s: float | None) -> None:
+        """Kafka acknowledged a record: a reading (`produced`) or a dead letter with its reason category."""
+        bucket = bisect.bisect_left(ACK_LATENCY_BUCKETS_S, latency_s) if latency_s is not None else None
+        with self.lock:
+            if outcome == "produced":
+                self.produced += 1
+            else:
+                self.dead_lettered += 1
+                self.dead_letter_reasons[reason or "unreadable"] += 1
+            if bucket is not None:
+                self.ack_latency_counts[outcome][bucket] += 1
+                self.ack_latency_sum[outcome] += latency_s
+
+    def snapshot(self) -> dict:
+        """Everything counted so far, as plain data: {received, produced, dead_lettered: {reason: n},
+        ack_latency: {outcome: {counts: [per bucket, the last beyond ACK_LATENCY_BUCKETS_S], sum}}}."""
+        with self.lock:
+            return {"received": self.received, "produced": self.produced,
+                    "dead_lettered": dict(self.dead_letter_reasons),
+                    "ack_latency": {outcome: {"counts": list(self.ack_latency_counts[outcome]),
+                                              "sum": self.ack_latency_sum[outcome]} for outcome in OUTCOMES}}
 
     def as_dict(self) -> dict[str, int]:
         return {"received": self.received, "produced": self.produced, "dead_lettered": self.dead_lettered}
@@ -140,7 +201,7 @@ def route(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int)
     try:
         reading = parse_reading(message.payload, settings.max_payload_bytes, settings.max_nesting)
     except InvalidReading as exc:
-        return dead_letter(message, settings, connection, exc.field, str(exc), received_ts)
+        return dead_letter(message, settings, connection, exc.field, str(exc), received_ts, dead_letter_reason(exc))
     reading[GATEWAY_ID_FIELD] = settings.gateway_id
     reading[RECEIVED_TS_FIELD] = received_ts
     return Outgoing(settings.kafka_topic, str(reading[ID_FIELD]).encode(), json.dumps(reading).encode(), None,
@@ -148,8 +209,9 @@ def route(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int)
 
 
 def dead_letter(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int, field: str | None,
-                reason: str, received_ts: int | None = None) -> Outgoing:
-    """A dead letter: the original payload (up to dead_letter_max_bytes), the reason and the origin in headers."""
+                reason: str, received_ts: int | None = None, category: str = "gateway_error") -> Outgoing:
+    """A dead letter: the original payload (up to dead_letter_max_bytes), the reason and the origin in headers;
+    `category` (one of DEAD_LETTER_REASONS) for the metrics."""
     topic = message._topic.decode("utf-8", "backslashreplace")  # never raises, unlike message.topic
     payload = bytes(message.payload or b"")
     headers = [("reason", _header(reason)), ("field", _header(field or "")), ("mqtt_topic", _header(topic)),
@@ -157,7 +219,7 @@ def dead_letter(message: mqtt.MQTTMessage, settings: GatewaySettings, connection
                ("received_ts", str(received_ts or time.time_ns() // 1000).encode()),
                ("payload_bytes", str(len(payload)).encode())]
     return Outgoing(settings.dead_letter_topic, _header(topic), payload[: settings.dead_letter_max_bytes], headers,
-                    "dead_lettered", message.mid, message.qos, connection)
+                    "dead_lettered", message.mid, message.qos, connection, reason=category)
 
 
 class GatewayWorker:
@@ -308,17 +370,17 @@ class GatewayWorker:
             headers = [("reason", _header(reason)), ("field", b""), ("gateway_id", _header(self.settings.gateway_id)),
                        ("payload_bytes", str(len(record.value)).encode())]
             return replace(record, topic=self.settings.dead_letter_topic, headers=headers, outcome="dead_lettered",
-                           value=record.value[: self.settings.dead_letter_max_bytes])
+                           value=record.value[: self.settings.dead_letter_max_bytes], reason="kafka_refused")
         log.warning("%s: %s; keeping %d of %d bytes of the dead letter", self.client_id, reason,
                     len(record.value) // 2, len(record.value))
         return replace(record, value=record.value[: len(record.value) // 2])
 
     def _delivered(self, record: Outgoing) -> None:
         with self._pending_lock:
-            self._pending.pop(id(record), None)
+            handed_over = self._pending.pop(id(record), None)
         self._kafka_problem = None
-        self._last_progress = time.monotonic()
-        self.counters.add(record.outcome)
+        self._last_progress = now = time.monotonic()
+        self.counters.delivered(record.outcome, record.reason, None if handed_over is None else now - handed_over)
         # An ack is only meaningful on the connection that delivered the message: after a reconnect the broker
         # delivers it again (same session), and that delivery is acknowledged instead.
         if record.qos and record.connection == self._connection and self._connected:

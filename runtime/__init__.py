@@ -1,2 +1,2 @@
 """The bottom floor every runtime part stands on (beside `contract`): connection settings, names, health reports,
-backoff, waiting, and how to run Spark. It imports nothing of the project; see runtime/README.md."""
+metrics endpoints, backoff, waiting, and how to run Spark. It imports nothing of the project; see runtime/README.md."""

@@ -1,4 +1,12 @@
-"""Publish the fleet's readings to MQTT from one or several processes, with a live counter and a summary."""
+"""Publish the fleet's readings to MQTT from one or several processes, with a live counter and a summary.
+
+The publisher processes count into shared memory (what they published, sent, malformed on purpose); the parent
+reads it for the live counter, the summary and, given a registry (`--metrics-port`), Prometheus metrics:
+
+    iot_simulator_published_total          messages the broker acknowledged (QoS 1/2; QoS 0: taken by the socket)
+    iot_simulator_unacknowledged           messages sent and not yet acknowledged by the broker
+    iot_simulator_malformed_total{kind}    messages malformed on purpose (`--fault-share`), kind one of FAULT_KINDS
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,13 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from simulator.config import SimulatorConfig
 from simulator.fleet import FAULT_KINDS, Fleet
@@ -76,11 +88,45 @@ def degrading_machines(cfg: SimulatorConfig) -> list[int]:
     return sorted(int(sensor_id) for fleet in fleets if fleet for sensor_id in fleet.sensor_ids[fleet.degrading])
 
 
-def publish_share(cfg: SimulatorConfig, index: int, published, faults, stop) -> None:
-    """One publisher: the machines whose position modulo `publishers` is `index`, its share of the messages."""
+class PublisherMetrics(Collector):
+    """The simulator's Prometheus metrics (see the module's doc), summed over its publisher processes: read from the
+    counters they share with the parent, when scraped."""
+
+    def __init__(self, published, sent, faults):
+        self.published, self.sent, self.faults = published, sent, faults
+
+    def collect(self) -> Iterator[Metric]:
+        published = self.published.value
+        sent = sum(self.sent)  # read after `published`, which never overtakes it: the difference is never < 0
+        yield CounterMetricFamily("iot_simulator_published", "Messages the MQTT broker acknowledged (QoS 0: sent).",
+                                  value=published)
+        yield GaugeMetricFamily("iot_simulator_unacknowledged",
+                                "Messages sent and not yet acknowledged by the MQTT broker.", value=sent - published)
+        family = CounterMetricFamily("iot_simulator_malformed", "Messages malformed on purpose (fault_share), by kind.",
+                                     labels=["kind"])
+        for i, kind in enumerate(FAULT_KINDS):
+            family.add_metric([kind], self.faults[i])
+        yield family
+
+
+def publish_share(cfg: SimulatorConfig, index: int, published, faults, stop, sent_counts=None) -> None:
+    """One publisher: the machines whose position modulo `publishers` is `index`, its share of the messages.
+
+    Counts into shared memory: `published` (acknowledged), `faults` (per FAULT_KINDS, after each batch) and its own
+    slot of `sent_counts` (one writer each, no lock: a plain store per message)."""
     fleet = publisher_fleet(cfg, index)
     if fleet is None:
         return
+    counted_faults: Counter[str] = Counter()
+
+    def count_faults() -> None:
+        new = fleet.faults - counted_faults
+        if new:
+            with faults.get_lock():
+                for i, kind in enumerate(FAULT_KINDS):
+                    faults[i] += new[kind]
+            counted_faults.update(new)
+
     quota = cfg.messages // cfg.publishers + (1 if index < cfg.messages % cfg.publishers else 0)
     deadline = time.monotonic() + cfg.duration_s if cfg.duration_s else None
     interval = cfg.interval_ms / 1000 * cfg.publishers
@@ -104,14 +150,18 @@ def publish_share(cfg: SimulatorConfig, index: int, published, faults, stop) -> 
     try:
         while more():
             batch = per_batch if not cfg.messages else min(per_batch, quota - sent)
-            for topic, payload in fleet.next_messages(batch):
+            messages = fleet.next_messages(batch)
+            count_faults()
+            for topic, payload in messages:
                 if interval:
                     time.sleep(max(0.0, next_at - time.monotonic()))  # pacing, not synchronisation
                     next_at += interval
                 while sent - acked[0] >= MAX_UNACKED:
                     time.sleep(0.001)  # back-pressure: let the broker's acknowledgements catch up
-                client.publish(topic, payload, qos=cfg.qos)
                 sent += 1
+                if sent_counts is not None:
+                    sent_counts[index] = sent  # before the publish: its acknowledgement can never be counted first
+                client.publish(topic, payload, qos=cfg.qos)
                 if cfg.verbose and interval:
                     print(f"{topic} {payload.decode(errors='replace')}", flush=True)
         # Wait for the broker's acknowledgements of what was sent (paho may still hold a long queue of it), as
@@ -126,20 +176,24 @@ def publish_share(cfg: SimulatorConfig, index: int, published, faults, stop) -> 
     finally:
         client.disconnect()
         client.loop_stop()
-        for i, kind in enumerate(FAULT_KINDS):
-            with faults.get_lock():
-                faults[i] += fleet.faults[kind]
+        count_faults()
 
 
-def run(cfg: SimulatorConfig, progress: bool = True) -> Summary:
-    """Publish until the message count or duration is reached (or Ctrl-C); return the summary."""
+def run(cfg: SimulatorConfig, progress: bool = True, registry: CollectorRegistry | None = None) -> Summary:
+    """Publish until the message count or duration is reached (or Ctrl-C); return the summary.
+
+    With a `registry`, the run's PublisherMetrics are registered there (served by whoever serves the registry, see
+    runtime.metrics); they keep the final counts after the run."""
     context = mp.get_context("fork")
     published = context.Value("q", 0)
     faults = context.Array("q", len(FAULT_KINDS))
+    sent = context.RawArray("q", cfg.publishers)
+    if registry is not None:
+        registry.register(PublisherMetrics(published, sent, faults))
     stop = context.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     started, started_us = time.monotonic(), time.time_ns() // 1000
-    workers = [context.Process(target=publish_share, args=(cfg, i, published, faults, stop), daemon=True)
+    workers = [context.Process(target=publish_share, args=(cfg, i, published, faults, stop, sent), daemon=True)
                for i in range(cfg.publishers)]
     for worker in workers:
         worker.start()

@@ -5,7 +5,8 @@ Run it behind gunicorn (what `make up` does):
     MODEL_ACCESS_KEY=... python -m model serve --host 127.0.0.1 --port 8000
 
 Routes (see model/server/api.py): POST /predict, POST /predict/batch (JSON or Arrow IPC), POST /model/reload,
-GET /health, GET /model, and the workshop's CDSW route POST /api/altus-ds-1/models/call-model.
+GET /health, GET /model, GET /metrics (Prometheus, see model/server/metrics.py), and the workshop's CDSW route
+POST /api/altus-ds-1/models/call-model.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def create_app(config: dict | None = None) -> Flask:
     if not app.config["MODEL_ACCESS_KEY"]:
         raise RuntimeError("MODEL_ACCESS_KEY is not set: the model server refuses to run without an access key "
                            "(source .stack/connection.env)")
-    app.extensions["model"] = ModelHolder(Path(app.config["MODEL_PATH"]))
+    # Imported here, not at the top: the gunicorn master imports this package to read model.server.gunicorn_conf,
+    # and prometheus_client must not be imported before that config has set PROMETHEUS_MULTIPROC_DIR.
+    from model.server import metrics
+
+    app.extensions["model"] = ModelHolder(Path(app.config["MODEL_PATH"]), on_load=metrics.model_loaded)
+    metrics.instrument(app)
 
     from model.server.api import bp
 

@@ -8,6 +8,7 @@
                              and `model_version` in its schema's metadata
     POST /model/reload       load the promoted model file again and swap it in
     GET  /health, GET /model no key needed
+    GET  /metrics            Prometheus metrics (model/server/metrics.py), no key needed
     POST /api/altus-ds-1/models/call-model   the workshop's CDSW shape:
                              {"accessKey": KEY, "request": {"feature": "..."}}
                              -> {"success": true, "response": {"result": 1, "model_version": N}}
@@ -23,6 +24,7 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TypeVar
@@ -33,6 +35,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 import contract
 from contract import N_SENSORS, SENSOR_FIELDS, FeatureError, clip, parse_feature_string, show, validate_features
+from model.server import metrics
 from model.server.scoring import ModelHolder
 from model.wire import ARROW_STREAM, StreamError, StreamTooLarge, read_columns, results_to_ipc
 
@@ -254,9 +257,17 @@ def _arrow_response(results: np.ndarray, model_version: int) -> Response:
     return Response(results_to_ipc(results, model_version), mimetype=ARROW_STREAM)
 
 
+def _score(rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """Verdicts for the rows and the version of the model that gave them, counted and timed."""
+    started = time.perf_counter()
+    results, version = _holder().score(rows)
+    metrics.scored(len(rows), time.perf_counter() - started)
+    return results, version
+
+
 def _score_one(row: np.ndarray) -> dict:
     """The verdict for one row, with the version of the model that gave it."""
-    results, version = _holder().score(row)
+    results, version = _score(row)
     return {"result": int(results[0]), "model_version": version}
 
 
@@ -284,6 +295,13 @@ def model_info():
     return jsonify(asdict(_holder().current.info))
 
 
+@bp.get("/metrics")
+def metrics_page():
+    """Prometheus metrics, no key needed: counts, timings and the served model's version and run, no data."""
+    body, content_type = metrics.exposition(request.headers.get("Accept"))
+    return Response(body, content_type=content_type)
+
+
 @bp.post("/predict")
 @require_key
 def predict():
@@ -294,11 +312,10 @@ def predict():
 @bp.post("/predict/batch")
 @require_key
 def predict_batch():
-    holder = _holder()
     if request.mimetype == ARROW_STREAM:
-        return _arrow_response(*holder.score(_arrow_rows(_read_body())))
+        return _arrow_response(*_score(_arrow_rows(_read_body())))
     _require_json(f"application/json or {ARROW_STREAM}")
-    results, version = holder.score(_json_body(_json_rows))
+    results, version = _score(_json_body(_json_rows))
     return jsonify(results=results.tolist(), model_version=version)
 
 

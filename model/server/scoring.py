@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,14 @@ class LoadedModel:
 
 class ModelHolder:
     """Holds the current model. Readers take one reference and use it for the whole request, so a reload
-    (which builds the new model first and then replaces the reference in one assignment) is never seen half-done."""
+    (which builds the new model first and then replaces the reference in one assignment) is never seen half-done.
+    `on_load` is told the info of each model swapped in, the first one too (the server publishes it as metrics)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, on_load: Callable[[ModelInfo], None] | None = None):
         self.path = path
+        self._on_load = on_load or (lambda info: None)
         self._current = self._load()
+        self._on_load(self._current.info)
         self._reload_lock = threading.Lock()
         self._workers = os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="score")
@@ -48,8 +52,10 @@ class ModelHolder:
 
     def reload(self) -> ModelInfo:
         with self._reload_lock:
-            self._current = self._load()
-        return self._current.info
+            loaded = self._load()
+            self._current = loaded
+            self._on_load(loaded.info)
+        return loaded.info
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Verdicts (1 healthy, 0 likely to break) for an (n, 12) float64 array."""
