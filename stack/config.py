@@ -103,6 +103,7 @@ class StackConfig:
     sql_port: int = _setting(PORT)
     sql_driver_memory: str = _setting(MEMORY)
     model_port: int = _setting(PORT)
+    gateway_metrics_port: int = _setting(PORT)
     lab_port: int = _setting(PORT)
     ready_timeout_s: float = _setting(SECONDS)
 

@@ -19,4 +19,6 @@ def local_stack_settings(cfg: StackConfig, secrets: dict[str, str]) -> dict[str,
         "SQL_PORT": str(cfg.sql_port),
         "MODEL_URL": f"http://{cfg.host}:{cfg.model_port}",
         "MODEL_ACCESS_KEY": secrets["MODEL_ACCESS_KEY"],
+        "GATEWAY_METRICS_URL": f"http://{cfg.host}:{cfg.gateway_metrics_port}/metrics",
+        "MODEL_METRICS_URL": f"http://{cfg.host}:{cfg.model_port}/metrics",
     }

@@ -42,6 +42,7 @@ class ServiceStatus:
     detail: str = ""
     waiting_on: str | None = None
     restarts: int = 0
+    metrics: str = ""  # the Prometheus endpoint, if the service has one
 
     def as_dict(self) -> dict:
         return asdict(self) | {"log_file": str(self.log_file)}
@@ -241,7 +242,7 @@ class Stack:
         state, detail, waiting_on = self._state(service, record, alive, supervision, secrets)
         return ServiceStatus(service.name, service.address, state, record.pid if alive else None,
                              rss_bytes(group_members(record.pid)) if alive else 0, service.log_file,
-                             detail, waiting_on, supervision.restarts)
+                             detail, waiting_on, supervision.restarts, service.metrics_url)
 
     def _state(self, service: Service, record: PidRecord | None, alive: bool, supervision: Supervision,
                secrets: dict[str, str]) -> tuple[str, str, str | None]:
@@ -272,11 +273,11 @@ class Stack:
 
 
 def format_status(rows: list[ServiceStatus]) -> str:
-    """A plain table: service, address, state, pid, memory, log file, and what is wrong if anything."""
-    header = ("SERVICE", "ADDRESS", "STATE", "PID", "RSS", "RESTARTS", "LOG", "DETAIL")
+    """A plain table: service, address, state, pid, memory, metrics endpoint, log file, and what is wrong."""
+    header = ("SERVICE", "ADDRESS", "STATE", "PID", "RSS", "RESTARTS", "METRICS", "LOG", "DETAIL")
     lines = [header] + [
         (r.name, r.address, r.state, str(r.pid or "-"),
-         f"{r.rss_bytes / 2**20:.0f} MiB" if r.rss_bytes else "-", str(r.restarts), str(r.log_file),
+         f"{r.rss_bytes / 2**20:.0f} MiB" if r.rss_bytes else "-", str(r.restarts), r.metrics or "-", str(r.log_file),
          ("" if r.state == "up" else (f"waiting on {r.waiting_on}: " if r.waiting_on else "") + r.detail))
         for r in rows
     ]

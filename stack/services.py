@@ -41,8 +41,13 @@ class Service:
 
     @property
     def listen_port(self) -> int | None:
-        """The port the service listens on (None for a pure client such as the gateway)."""
+        """The port the service listens on (None for a pure client such as the streaming job)."""
         return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the service's Prometheus metrics are ("" if it has none yet)."""
+        return ""
 
     @property
     def data_dir(self) -> Path:
@@ -376,6 +381,10 @@ class ModelServer(Service):
     def address(self) -> str:
         return f"http://{self.cfg.host}:{self.cfg.model_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.address}/metrics"
+
     def prepare(self, secrets: dict[str, str]) -> None:
         if self.cfg.model_file.exists():
             return
@@ -401,7 +410,7 @@ class ModelServer(Service):
 
 
 class _PipelineClient(Service):
-    """A pipeline process that listens nowhere and reports its own state in a health file."""
+    """A pipeline process that reports its own state in a health file."""
 
     needs_others_ready = True  # it connects to the brokers and servers started before it
 
@@ -435,9 +444,18 @@ class Gateway(_PipelineClient):
     def address(self) -> str:
         return f"mqtt:{self.cfg.mqtt_port}->kafka:{self.cfg.kafka_port}"
 
+    @property
+    def listen_port(self) -> int | None:
+        return self.cfg.gateway_metrics_port  # its metrics endpoint; MQTT and Kafka it only connects to
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.cfg.host}:{self.cfg.gateway_metrics_port}/metrics"
+
     def command(self) -> list[str]:
         return [sys.executable, "-m", "gateway", "--workers", str(self.WORKERS), "--gateway-id", "gw-local",
-                "--health-file", str(self.health_file)]
+                "--health-file", str(self.health_file), "--metrics-host", self.cfg.host,
+                "--metrics-port", str(self.cfg.gateway_metrics_port)]
 
 
 class StreamingJob(_PipelineClient):

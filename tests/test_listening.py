@@ -55,7 +55,7 @@ def test_every_listening_socket_of_the_stack_is_on_loopback(local_stack):
     for service in started:
         for pid in group_members(PidRecord.load(service.pid_file).pid):
             seen.setdefault(service.name, []).extend(listening[i] for i in socket_inodes(pid) & listening.keys())
-    servers = [s for s in started if s.listen_port is not None]  # the gateway and the job are only clients
+    servers = [s for s in started if s.listen_port is not None]  # the job is only a client
     assert len(servers) >= 6 and all(seen.get(s.name) for s in servers), f"a server listens nowhere: {seen}"
     beyond_loopback = {name: [a for a in sockets if str(a[0]) != "127.0.0.1"] for name, sockets in seen.items()}
     assert not any(beyond_loopback.values()), beyond_loopback
