@@ -11,6 +11,12 @@ by name and never imports another test file (quix-streams' layout). Kafka helper
 
 from __future__ import annotations
 
+# Imported now, before any test starts a service. Otherwise Hypothesis' pytest plugin imports it at the very end of
+# a run, and compiling it there failed with "SystemError: AST constructor recursion depth mismatch" (a CPython 3.11
+# bug in the AST's recursion-depth check): a stack test file run alone, e.g. tests/test_listening.py, passed and
+# then exited 1.
+import hypothesis  # noqa: F401
+
 pytest_plugins = [
     "tests.fixtures.local_stack",
     "tests.fixtures.workshop_model",
