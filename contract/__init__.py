@@ -271,3 +271,73 @@ def format_feature_string(values: Sequence[float]) -> str:
 def _shortest(value: float) -> str:
     short = f"{value:g}"
     return short if float(short) == value else repr(value)
+
+
+# --- What the streaming job publishes after scoring (Kafka `iot.scored`, key = sensor_id): the reading, its
+# verdict and the model version, e.g. {"sensor_id": 48, "sensor_ts": 1556758787735011, "sensor_0": 2.0, ...,
+# "sensor_11": 5.0, "is_healthy": 1, "model_version": 3}. The alerts and the dashboard read it.
+SCORED_FIELDS = (ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, MODEL_VERSION)
+
+
+def _check_verdict(record: dict) -> None:
+    if LABEL not in record:
+        raise InvalidReading(LABEL, "missing")
+    if record[LABEL] not in (HEALTHY, LIKELY_TO_BREAK) or isinstance(record[LABEL], bool):
+        raise InvalidReading(LABEL, f"must be {HEALTHY} or {LIKELY_TO_BREAK}, got {show(record[LABEL])}")
+    if MODEL_VERSION not in record:
+        raise InvalidReading(MODEL_VERSION, "missing")
+    if record[MODEL_VERSION] is not None:
+        _check_int(MODEL_VERSION, record[MODEL_VERSION], (0, 2**31 - 1))
+
+
+def parse_scored(payload: object) -> dict:
+    """Parse one scored reading of `iot.scored`: a reading plus `is_healthy` and `model_version` (an int or null).
+    Total: raises InvalidReading and nothing else."""
+    record = parse_reading(payload)
+    _check_verdict(record)
+    return record
+
+
+# --- Alerts: a machine's verdict changed (Kafka `iot.alerts`, key = sensor_id; Kudu/SQL table `alerts`; MQTT
+# `alerts/<sensor_id>`, retained). One alert per change, debounced: a machine is "likely_to_break" once at least k
+# of its last n verdicts say so, and "healthy" again once at least k of its last n say healthy. e.g.
+#   {"sensor_id": 7, "sensor_ts": 1764150000000000, "is_healthy": 0, "state": "likely_to_break",
+#    "model_version": 3, "readings": [[1764149996000000, 1], [1764149997000000, 0], ...]}
+# `sensor_ts` is the reading that made the change (the alert's key with sensor_id); `readings` the n readings
+# that decided it, oldest first, as [sensor_ts, is_healthy].
+STATE_NAMES = {HEALTHY: "healthy", LIKELY_TO_BREAK: "likely_to_break"}
+ALERT_FIELDS = (ID_FIELD, TS_FIELD, LABEL, "state", MODEL_VERSION, "readings")
+ALERTS_TABLE_COLUMNS = ALERT_FIELDS  # the Kudu table `alerts` (readings as JSON text); key (sensor_id, sensor_ts)
+
+
+def alert_json(alert: dict) -> bytes:
+    """One alert as the JSON bytes of `iot.alerts` and MQTT `alerts/<sensor_id>`."""
+    return json.dumps({name: alert[name] for name in ALERT_FIELDS}, separators=(",", ":")).encode()
+
+
+def parse_alert(payload: object) -> dict:
+    """Parse one alert (JSON bytes or text). Total: raises InvalidReading naming the field, nothing else."""
+    try:
+        text = _decode(payload, MAX_PAYLOAD_BYTES)
+        if nested_deeper_than(text, 4):
+            raise InvalidReading(None, "nested deeper than 4 levels of arrays or objects")
+        alert = json.loads(text, object_pairs_hook=_strict_pairs)
+        if not isinstance(alert, dict):
+            raise InvalidReading(None, f"not a JSON object but {type(alert).__name__}")
+        for name in ALERT_FIELDS:
+            if name not in alert:
+                raise InvalidReading(name, "missing")
+        _check_int(ID_FIELD, alert[ID_FIELD], SENSOR_ID_RANGE)
+        _check_int(TS_FIELD, alert[TS_FIELD], SENSOR_TS_RANGE)
+        _check_verdict(alert)
+        if alert["state"] != STATE_NAMES[alert[LABEL]]:
+            raise InvalidReading("state", f"{show(alert['state'])} does not match {LABEL}={alert[LABEL]}")
+        if not isinstance(alert["readings"], list):
+            raise InvalidReading("readings", f"must be a list, got {type(alert['readings']).__name__}")
+        return alert
+    except InvalidReading:
+        raise
+    except ValueError as exc:
+        raise InvalidReading(None, f"not JSON: {clip(str(exc), 200)}") from None
+    except Exception as exc:  # noqa: BLE001 - total by design
+        raise InvalidReading(None, f"unreadable alert ({type(exc).__name__}: {clip(str(exc))})") from None

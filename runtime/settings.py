@@ -22,6 +22,11 @@ MQTT_TOPIC_PREFIX = "iot"  # readings arrive on MQTT `iot/<sensor_id>`
 MQTT_TOPIC_FILTER = f"{MQTT_TOPIC_PREFIX}/#"
 IOT_TOPIC = "iot"  # the Kafka topic of readings
 DEAD_LETTER_TOPIC = "iot.dlq"
+SCORED_TOPIC = "iot.scored"  # the streaming job's scored readings (contract.SCORED_FIELDS)
+ALERTS_TOPIC = "iot.alerts"  # a machine's verdict changed (contract.ALERT_FIELDS)
+MQTT_ALERTS_PREFIX = "alerts"  # the gateway republishes each alert on MQTT `alerts/<sensor_id>`, retained
+ALERTS_SQL_TABLE = "alerts"
+ALERTS_KUDU_TABLE = "impala::default.alerts"
 SQL_TABLE = "sensors"
 KUDU_TABLE = "impala::default.sensors"
 
@@ -38,6 +43,7 @@ ENVIRONMENT_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 CONNECTION_VARIABLES = (
     "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP", "KUDU_MASTER",
     "SQL_HOST", "SQL_PORT", "MODEL_URL", "MODEL_ACCESS_KEY", "GATEWAY_METRICS_URL", "MODEL_METRICS_URL",
+    "STREAMING_METRICS_URL", "DASHBOARD_URL",
 )
 
 

@@ -23,6 +23,7 @@ from runtime.kudu import KuduTables
 from runtime.settings import KUDU_TABLE, REPO_ROOT
 
 SENSORS_DDL = REPO_ROOT / "sql" / "create_sensors.sql"
+ALERTS_DDL = REPO_ROOT / "sql" / "create_alerts.sql"
 
 # Impala column types and the Kudu types Impala maps them to.
 IMPALA_TO_KUDU = {
@@ -189,6 +190,11 @@ def _columns(text: str) -> list[tuple[str, str]]:
 def load_sensors_spec() -> KuduTableSpec:
     """The Kudu table of the lab-9 DDL, `sql/create_sensors.sql`: the stack's `sensors`."""
     return parse_create(SENSORS_DDL.read_text()).spec
+
+
+def load_stack_specs() -> list[KuduTableSpec]:
+    """The stack's Kudu tables: `sensors` (the lab-9 DDL) and `alerts` (`sql/create_alerts.sql`)."""
+    return [load_sensors_spec(), parse_create(ALERTS_DDL.read_text()).spec]
 
 
 def sensors_ddl(sql_name: str) -> str:

@@ -104,6 +104,8 @@ class StackConfig:
     sql_driver_memory: str = _setting(MEMORY)
     model_port: int = _setting(PORT)
     gateway_metrics_port: int = _setting(PORT)
+    streaming_metrics_port: int = _setting(PORT)
+    dashboard_port: int = _setting(PORT)
     lab_port: int = _setting(PORT)
     ready_timeout_s: float = _setting(SECONDS)
 

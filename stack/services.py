@@ -16,11 +16,20 @@ from pathlib import Path
 
 from runtime.health import Health, read_health
 from runtime.kudu import KuduTables, kudu_cli, kudu_environment
-from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, KUDU_TABLE, SQL_TABLE
+from runtime.settings import (
+    ALERTS_KUDU_TABLE,
+    ALERTS_SQL_TABLE,
+    ALERTS_TOPIC,
+    DEAD_LETTER_TOPIC,
+    IOT_TOPIC,
+    KUDU_TABLE,
+    SCORED_TOPIC,
+    SQL_TABLE,
+)
 from runtime.spark import jvm_versions, spark_environment, spark_submit_command
 from runtime.waiting import http_ok
 from sql.client import cursor
-from sql.kudu_ddl import add_missing_columns, ensure_table, load_sensors_spec, register_in_sql
+from sql.kudu_ddl import add_missing_columns, ensure_table, load_stack_specs, register_in_sql
 from stack import probes
 from stack.config import StackConfig
 from stack.connection import local_stack_settings
@@ -239,7 +248,9 @@ class Kafka(Service):
     def initialise(self, secrets: dict[str, str]) -> str | None:
         from runtime.kafka import ensure_topic
 
-        wanted = {IOT_TOPIC: self.cfg.kafka_iot_partitions, DEAD_LETTER_TOPIC: 1}
+        # iot.scored keeps iot's partitioning (key = sensor_id); iot.alerts is small: one partition, one order.
+        wanted = {IOT_TOPIC: self.cfg.kafka_iot_partitions, DEAD_LETTER_TOPIC: 1,
+                  SCORED_TOPIC: self.cfg.kafka_iot_partitions, ALERTS_TOPIC: 1}
         created = [name for name, partitions in sorted(wanted.items())
                    if ensure_topic(self.cfg.kafka_bootstrap, name, partitions, client_id="stack-init")]
         return f"created topic(s) {', '.join(created)}" if created else None
@@ -316,13 +327,16 @@ class KuduTabletServer(_KuduDaemon):
         return self.address in listing
 
     def initialise(self, secrets: dict[str, str]) -> str | None:
-        """Create the Kudu table of the lab-9 DDL, or add the columns it has to a table an older version made."""
-        spec = load_sensors_spec()
+        """Create the stack's Kudu tables (`sensors` of the lab-9 DDL, `alerts`), or add the columns they have to a
+        table an older version made."""
         kudu = KuduTables(self.cfg.kudu_master_address, self.cfg.kudu_home)
-        if ensure_table(kudu, spec):
-            return f"created Kudu table {spec.name}"
-        added = add_missing_columns(kudu, spec)
-        return f"added column(s) {', '.join(added)} to Kudu table {spec.name}" if added else None
+        done = []
+        for spec in load_stack_specs():
+            if ensure_table(kudu, spec):
+                done.append(f"created Kudu table {spec.name}")
+            elif added := add_missing_columns(kudu, spec):
+                done.append(f"added column(s) {', '.join(added)} to Kudu table {spec.name}")
+        return "; ".join(done) or None
 
 
 class SqlServer(Service):
@@ -365,10 +379,12 @@ class SqlServer(Service):
         return probes.sql_answers(self.cfg.host, self.cfg.sql_port)
 
     def initialise(self, secrets: dict[str, str]) -> str | None:
-        """(Re)register `sensors` as a Spark table over the Kudu table, with the columns it has now."""
+        """(Re)register `sensors` and `alerts` as Spark tables over their Kudu tables, with their columns now."""
+        tables = {SQL_TABLE: KUDU_TABLE, ALERTS_SQL_TABLE: ALERTS_KUDU_TABLE}
         with cursor(self.cfg.host, self.cfg.sql_port) as cur:
-            register_in_sql(cur, SQL_TABLE, KUDU_TABLE, self.cfg.kudu_master_address, replace=True)
-        return f"SQL table {SQL_TABLE} -> Kudu {KUDU_TABLE}"
+            for sql_name, kudu_name in tables.items():
+                register_in_sql(cur, sql_name, kudu_name, self.cfg.kudu_master_address, replace=True)
+        return ", ".join(f"SQL table {sql_name} -> Kudu {kudu_name}" for sql_name, kudu_name in tables.items())
 
 
 class ModelServer(Service):
@@ -467,9 +483,18 @@ class StreamingJob(_PipelineClient):
     def address(self) -> str:
         return f"kafka:{self.cfg.kafka_port}->kudu:{self.cfg.kudu_master_port}"
 
+    @property
+    def listen_port(self) -> int | None:
+        return self.cfg.streaming_metrics_port  # its metrics endpoint
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.cfg.host}:{self.cfg.streaming_metrics_port}/metrics"
+
     def command(self) -> list[str]:
         return [sys.executable, "-m", "streaming", "--checkpoint", str(self.cfg.streaming_checkpoint),
-                "--health-file", str(self.health_file)]
+                "--health-file", str(self.health_file), "--metrics-host", self.cfg.host,
+                "--metrics-port", str(self.cfg.streaming_metrics_port)]
 
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
         return {**super().environment(secrets), "SPARK_LOCAL_IP": self.cfg.host}
