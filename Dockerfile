@@ -18,6 +18,7 @@ COPY gateway gateway
 COPY streaming streaming
 COPY model model
 COPY sql sql
+COPY dashboard dashboard
 RUN pip install --no-cache-dir . \
     && mkdir -p /models /checkpoints && chown -R iot /app /models /checkpoints
 # (New named volumes mounted on /models and /checkpoints take over this ownership.)

@@ -6,7 +6,7 @@ PY := .venv/bin/python
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status demo test drills audit lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab lab-reset compose-secrets compose-e2e
+.PHONY: help setup up down status demo dashboard test drills audit lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab lab-reset compose-secrets compose-e2e
 
 # `make lab-reset 9` as well as `make lab-reset N=9`: the words after lab-reset are its argument, not targets.
 ifeq (lab-reset,$(firstword $(MAKECMDGOALS)))
@@ -42,6 +42,9 @@ audit: ## reconcile the readings of the last 10 minutes stage by stage (python -
 
 demo: up ## set up, start everything, run the simulator and watch readings arrive in Kudu via SQL (Ctrl+C)
 	@$(PY) -m stack demo
+
+dashboard: up ## the live dashboard (flow, fleet, alerts; `make up` starts it): prints the URL to open
+	@$(PY) -c 'from runtime.settings import connection_settings; print(connection_settings()["DASHBOARD_URL"])'
 
 test: setup lint ## lint, then the whole test suite against real services (started by the tests themselves)
 	@$(PY) -m pytest -v

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make compose-e2e`: bring docker-compose.yml up, publish readings through the real Compose services, check
-# through Impala (impyla) that every one became a scored row in Kudu, and tear everything down (volumes too).
+# through Impala (impyla) that every one became a scored row in Kudu and that Prometheus scrapes our services, and
+# tear everything down (volumes too).
 # Needs Docker with the Compose plugin and about 8 GiB of free memory. READINGS=2000 by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,3 +39,16 @@ if [[ "${now}" -ne $((before + readings)) ]]; then
   exit 1
 fi
 echo "== OK: ${readings} readings published on MQTT are ${readings} scored rows in Kudu, seen through Impala"
+
+echo "== Prometheus scrapes the gateway, the model server and the job (compose/prometheus.yml)"
+docker compose run --rm --no-deps -T sql-init python - <<'PY'
+import json
+import urllib.request
+
+answer = json.load(urllib.request.urlopen("http://prometheus:9090/api/v1/query?query=up", timeout=10))
+up = {result["metric"]["job"]: result["value"][1] for result in answer["data"]["result"]}
+down = [job for job in ("gateway", "model", "streaming") if up.get(job) != "1"]
+if down:
+    raise SystemExit(f"FAILED: Prometheus target(s) not up: {down} (up: {up})")
+print(f"OK: up {up}")
+PY

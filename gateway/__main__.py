@@ -1,8 +1,10 @@
-"""Labs 4-6: the gateway. Bridges MQTT `iot/#` into Kafka topic `iot`; bad payloads go to `iot.dlq`.
+"""Labs 4-6: the gateway. Bridges MQTT `iot/#` into Kafka topic `iot`; bad payloads go to `iot.dlq`. And back:
+forwards the alerts of Kafka `iot.alerts` to MQTT `alerts/<sensor_id>`, retained.
 
 Usage:
     python -m gateway                       # settings from the environment or .stack/connection.env
     python -m gateway --workers 2 --gateway-id edge-1   # faster; see the note on order
+    python -m gateway --no-alerts           # readings only: no alerts back to MQTT
 
 Each worker is a process with its own MQTT v5 persistent session (client id `<gateway-id>-<n>`), so the broker
 keeps its messages while it is down. A message is acknowledged over MQTT only after Kafka acknowledged it.
@@ -18,11 +20,18 @@ than `--max-payload-bytes` or nested deeper than `--max-nesting` included. While
 acknowledges nothing and waits; it resumes by itself. `--health-file` gets the gateway's state every 2 s (up,
 starting, or degraded with what it waits on), which `make status` shows.
 
+Alerts, the other direction: one forwarder per gateway, whatever the number of workers, reads Kafka
+`--alerts-topic` as consumer group `--alerts-group` (isolation read_committed: an aborted transaction's alerts
+never arrive) and publishes each alert on MQTT `alerts/<sensor_id>`, QoS 1, retained (the machine's latest state),
+committing its offset only once the broker acknowledged it; a record that is not an alert goes to the dead-letter
+topic with the reason. The gateway is up only while both directions work. `--no-alerts` turns the forwarder off.
+
 Metrics every `--metrics-interval` seconds and at exit: received, produced, dead-lettered, in flight, rate.
 With `--metrics-port PORT` (or GATEWAY_METRICS_PORT) the gateway also serves them to Prometheus at
 http://127.0.0.1:PORT/metrics (`--metrics-host` to listen elsewhere), summed over its workers:
 iot_gateway_received_total, iot_gateway_produced_total, iot_gateway_dead_lettered_total{reason},
-iot_gateway_in_flight, iot_gateway_kafka_ack_latency_seconds{outcome} (see gateway/metrics.py).
+iot_gateway_in_flight, iot_gateway_kafka_ack_latency_seconds{outcome}, iot_gateway_alerts_forwarded_total,
+iot_gateway_alerts_dead_lettered_total (see gateway/metrics.py).
 """
 
 from __future__ import annotations
@@ -43,17 +52,27 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from contract import MAX_NESTING, MAX_PAYLOAD_BYTES
+from gateway.alerts import DEFAULT_GROUP, AlertForwarder
 from gateway.bridge import GatewaySettings, GatewayWorker
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import AlertMetrics, GatewayMetrics
 from runtime.health import STALE_AFTER_S, Health, HealthReporter
 from runtime.metrics import DEFAULT_METRICS_HOST, port_number, start_metrics_server
-from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, MQTT_TOPIC_FILTER, connection_settings, require
+from runtime.settings import (
+    ALERTS_TOPIC,
+    DEAD_LETTER_TOPIC,
+    IOT_TOPIC,
+    MQTT_ALERTS_PREFIX,
+    MQTT_TOPIC_FILTER,
+    connection_settings,
+    require,
+)
 
 SETTINGS = ("MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP")  # what it reads
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gateway", description="Bridge MQTT readings into Kafka.",
+    parser = argparse.ArgumentParser(prog="python -m gateway",
+                                     description="Bridge MQTT readings into Kafka, and Kafka alerts back to MQTT.",
                                      epilog=__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=1,
@@ -77,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default $GATEWAY_METRICS_PORT, else 0: no endpoint)")
     parser.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST, metavar="HOST",
                         help=f"address of the metrics endpoint (default {DEFAULT_METRICS_HOST}: this host only)")
+    parser.add_argument("--alerts-topic", default=ALERTS_TOPIC,
+                        help=f"Kafka topic of alerts to forward to MQTT {MQTT_ALERTS_PREFIX}/<sensor_id> "
+                             f"(default {ALERTS_TOPIC})")
+    parser.add_argument("--alerts-group", default=DEFAULT_GROUP,
+                        help=f"Kafka consumer group of the alerts forwarder (default {DEFAULT_GROUP})")
+    parser.add_argument("--no-alerts", action="store_true",
+                        help="do not forward alerts (then the gateway is up while it bridges readings alone)")
     return parser
 
 
@@ -149,6 +175,21 @@ class WorkerReports:
         return Health("up", f"{self.workers} worker(s) bridging MQTT to Kafka", counters=counters)
 
 
+def gateway_health(bridge: Health, alerts: Health | None) -> Health:
+    """Both directions in one report: up only while both are up; else degraded, naming all it waits on, or
+    starting. `alerts` None: no forwarder, the bridge's report as it is."""
+    if alerts is None:
+        return bridge
+    counters = bridge.counters | alerts.counters
+    for state in ("degraded", "starting"):
+        held = [report for report in (bridge, alerts) if report.state == state]
+        if held:
+            waiting_on = {name for report in held if report.waiting_on for name in report.waiting_on.split(",")}
+            return Health(state, "; ".join(report.detail for report in held), ",".join(sorted(waiting_on)) or None,
+                          counters=counters)
+    return Health("up", f"{bridge.detail}; {alerts.detail}", counters=counters)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -168,19 +209,28 @@ def main(argv: list[str] | None = None) -> int:
     workers = [context.Process(target=run_worker, args=(settings, i, ready, reports), name=f"gateway-{i}")
                for i in range(args.workers)]
     worker_reports = WorkerReports(reports, args.workers)
+    forwarder = None if args.no_alerts else AlertForwarder(settings, args.alerts_topic, args.alerts_group)
     metrics = None
     if args.metrics_port:  # before the workers start: a port in use stops the gateway before it takes any message
         registry = CollectorRegistry()
         registry.register(GatewayMetrics(worker_reports.snapshots))
+        if forwarder:
+            registry.register(AlertMetrics(forwarder.counts))
         try:
             metrics = start_metrics_server(args.metrics_port, args.metrics_host, registry)
         except OSError as exc:
             raise SystemExit(f"error: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}") from None
         logging.getLogger("gateway").info("Prometheus metrics at %s", metrics.url)
-    health = HealthReporter(args.health_file, worker_reports.combined).start()
+    health = HealthReporter(args.health_file, lambda: gateway_health(worker_reports.combined(),
+                                                                     forwarder and forwarder.health())).start()
     for worker in workers:
         worker.start()
     stopping = threading.Event()
+    if forwarder:  # once the workers are forked: a child gets no copy of its threads, or of the locks they hold
+        forwarder.start(stopping)
+
+    def all_alive() -> bool:
+        return all(w.is_alive() for w in workers) and (forwarder is None or forwarder.is_alive())
 
     def stop_workers(*_):
         stopping.set()
@@ -192,13 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_workers)
     signal.signal(signal.SIGINT, stop_workers)
     subscribed = 0
-    while subscribed < args.workers and all(w.is_alive() for w in workers):
+    while subscribed < args.workers and all_alive():
         subscribed += ready.acquire(timeout=0.5)
         worker_reports.collect()
     logging.getLogger("gateway").info("%d worker(s) subscribed to %s", subscribed, args.topic_filter)
     try:
-        # One worker failing stops the gateway: its unacknowledged messages go back to the broker's queue.
-        while all(w.is_alive() for w in workers) and not stopping.is_set():
+        # One worker failing stops the gateway: its unacknowledged messages go back to the broker's queue. So does
+        # the alerts forwarder failing: its uncommitted alerts are read again when the supervisor restarts it.
+        while all_alive() and not stopping.is_set():
             for worker in workers:
                 worker.join(timeout=0.5)
             worker_reports.collect()
@@ -209,10 +260,13 @@ def main(argv: list[str] | None = None) -> int:
             while worker.is_alive() and time.monotonic() < deadline:
                 worker.join(timeout=0.5)
                 worker_reports.collect()  # a worker exits only once its last reports are in the pipe
+        if forwarder:
+            forwarder.join(timeout_s=30)
         health.stop()
         if metrics:
             metrics.close()
-    return 0 if all(w.exitcode == 0 for w in workers) and stopping.is_set() else 1
+    forwarder_ok = forwarder is None or not (forwarder.failed or forwarder.is_alive())
+    return 0 if all(w.exitcode == 0 for w in workers) and forwarder_ok and stopping.is_set() else 1
 
 
 if __name__ == "__main__":

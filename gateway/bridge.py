@@ -191,8 +191,15 @@ class Counters:
         return text, (done, now)
 
 
-def _header(text: str) -> bytes:
+def as_header(text: str) -> bytes:
+    """A dead letter's header value: `text` as UTF-8, any lone surrogate escaped (never raises)."""
     return text.encode("utf-8", "backslashreplace")
+
+
+def kafka_answers(bootstrap: str) -> bool:
+    """Whether any of the bootstrap servers ("host:port,host:port") accepts a TCP connection."""
+    servers = [s.strip() for s in bootstrap.split(",") if s.strip()]
+    return any(port_open(*server.rsplit(":", 1), timeout_s=2.0) for server in servers)
 
 
 def route(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int) -> Outgoing:
@@ -214,11 +221,11 @@ def dead_letter(message: mqtt.MQTTMessage, settings: GatewaySettings, connection
     `category` (one of DEAD_LETTER_REASONS) for the metrics."""
     topic = message._topic.decode("utf-8", "backslashreplace")  # never raises, unlike message.topic
     payload = bytes(message.payload or b"")
-    headers = [("reason", _header(reason)), ("field", _header(field or "")), ("mqtt_topic", _header(topic)),
-               ("gateway_id", _header(settings.gateway_id)),
+    headers = [("reason", as_header(reason)), ("field", as_header(field or "")), ("mqtt_topic", as_header(topic)),
+               ("gateway_id", as_header(settings.gateway_id)),
                ("received_ts", str(received_ts or time.time_ns() // 1000).encode()),
                ("payload_bytes", str(len(payload)).encode())]
-    return Outgoing(settings.dead_letter_topic, _header(topic), payload[: settings.dead_letter_max_bytes], headers,
+    return Outgoing(settings.dead_letter_topic, as_header(topic), payload[: settings.dead_letter_max_bytes], headers,
                     "dead_lettered", message.mid, message.qos, connection, reason=category)
 
 
@@ -367,7 +374,8 @@ class GatewayWorker:
         """A record Kafka refuses as such: a reading becomes a dead letter; a dead letter keeps less of its value."""
         reason = f"Kafka refused the record: {type(exc).__name__}: {clip(str(exc), 200)}"
         if record.outcome == "produced":
-            headers = [("reason", _header(reason)), ("field", b""), ("gateway_id", _header(self.settings.gateway_id)),
+            headers = [("reason", as_header(reason)), ("field", b""),
+                       ("gateway_id", as_header(self.settings.gateway_id)),
                        ("payload_bytes", str(len(record.value)).encode())]
             return replace(record, topic=self.settings.dead_letter_topic, headers=headers, outcome="dead_lettered",
                            value=record.value[: self.settings.dead_letter_max_bytes], reason="kafka_refused")
@@ -441,8 +449,7 @@ class GatewayWorker:
         if now - self._last_progress < PING_INTERVAL_S:
             self._kafka_unreachable = None
             return
-        servers = [s.strip() for s in self.settings.kafka_bootstrap.split(",") if s.strip()]
-        if any(port_open(*server.rsplit(":", 1), timeout_s=2.0) for server in servers):
+        if kafka_answers(self.settings.kafka_bootstrap):
             self._kafka_unreachable = None
         else:
             self._kafka_unreachable = f"no Kafka bootstrap server answers at {self.settings.kafka_bootstrap}"

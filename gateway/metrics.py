@@ -6,6 +6,10 @@
     iot_gateway_in_flight                             received, not yet acknowledged by Kafka (MQTT ack pending)
     iot_gateway_kafka_ack_latency_seconds{outcome}    from hand-over to the producer to Kafka's acknowledgement;
                                                       outcome `produced` (readings) or `dead_lettered`
+    iot_gateway_alerts_forwarded_total                alerts published on MQTT `alerts/<sensor_id>` that the broker
+                                                      acknowledged (the forwarder, gateway/alerts.py)
+    iot_gateway_alerts_dead_lettered_total            records of `iot.alerts` that are not alerts, dead-lettered to
+                                                      `iot.dlq` and acknowledged by Kafka
 
 `reason` is one of `bridge.DEAD_LETTER_REASONS` (a contract field such as `sensor_5`, `extra_field`, `not_json`,
 `too_large`, `too_deep`, `not_an_object`, `unreadable`, `kafka_refused`, `gateway_error`): every category is
@@ -19,6 +23,7 @@ to create, clean and keep per run, no environment variable that must be set befo
 imported, no special cases for gauges, and the same code for one worker or many. The price: a scrape sees the
 workers' counts as of their last report, at most about a second old, which is far below any scrape interval.
 The message path only increments plain counters (bridge.Counters); nothing there waits on metrics.
+The alerts forwarder is a thread of the parent itself: `AlertMetrics` reads its counts directly.
 """
 
 from __future__ import annotations
@@ -81,3 +86,19 @@ class GatewayMetrics(Collector):
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             family.add_metric([outcome], buckets, histogram["sum"])
         yield family
+
+
+class AlertMetrics(Collector):
+    """A prometheus_client collector of the alerts forwarder's counts (`AlertForwarder.counts`)."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]):
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.counts()
+        yield CounterMetricFamily("iot_gateway_alerts_forwarded",
+                                  "Alerts the MQTT broker acknowledged (published retained on alerts/<sensor_id>).",
+                                  value=counts["forwarded"])
+        yield CounterMetricFamily("iot_gateway_alerts_dead_lettered",
+                                  "Records of the alerts topic that are not alerts, dead-lettered (topic iot.dlq by "
+                                  "default) and acknowledged by Kafka.", value=counts["dead_lettered"])

@@ -78,8 +78,8 @@ def records_since(bootstrap: str, topic: str, offsets: dict[int, int], expected:
     """The records of `topic` from `offsets` (partition -> offset, as `end_offsets` gives them) on for which
     keep(record) is true, read until `expected` of them arrived (distinct ones by `identity(record)`, if given)
     or `timeout_s` passed (then fewer: the caller checks), then `settle_s` longer to see duplicates still on
-    their way. No consumer group, nothing committed."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    their way. No consumer group, nothing committed; only committed records of transactions (`iot.alerts`)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
                              max_poll_records=MAX_POLL_RECORDS, max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES)
     try:
         consumer.assign([TopicPartition(topic, p) for p in offsets])

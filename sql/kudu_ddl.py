@@ -18,6 +18,7 @@ import json
 import re
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from runtime.kudu import KuduTables
 from runtime.settings import KUDU_TABLE, REPO_ROOT
@@ -199,8 +200,16 @@ def load_stack_specs() -> list[KuduTableSpec]:
 
 def sensors_ddl(sql_name: str) -> str:
     """The lab-9 DDL for a table named `sql_name` instead of `sensors` (a lab's or a benchmark's own)."""
-    return _CREATE.sub(lambda head: f"CREATE TABLE {head.group(1) or ''}{sql_name} (", SENSORS_DDL.read_text(),
-                       count=1)
+    return _renamed(SENSORS_DDL, sql_name)
+
+
+def alerts_ddl(sql_name: str) -> str:
+    """The DDL of `alerts` for a table named `sql_name` instead (a test's own)."""
+    return _renamed(ALERTS_DDL, sql_name)
+
+
+def _renamed(ddl: Path, sql_name: str) -> str:
+    return _CREATE.sub(lambda head: f"CREATE TABLE {head.group(1) or ''}{sql_name} (", ddl.read_text(), count=1)
 
 
 # ---- Kudu

@@ -37,6 +37,8 @@ def run_demo(interval_ms: float = 100, refresh_s: float = 5) -> None:
     # `make down`, or a terminal closing, ends the demo the way Ctrl+C does: the simulator goes too.
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"simulator started ({1000 / interval_ms:.0f} readings/s); Ctrl+C stops the demo (`make down` the stack)")
+    if settings.get("DASHBOARD_URL"):
+        print(f"live dashboard: {settings['DASHBOARD_URL']}")
     try:
         while simulator.poll() is None:
             count, unhealthy = query("select count(*), sum(case when is_healthy = 0 then 1 else 0 end) "

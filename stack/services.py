@@ -500,6 +500,30 @@ class StreamingJob(_PipelineClient):
         return {**super().environment(secrets), "SPARK_LOCAL_IP": self.cfg.host}
 
 
+class Dashboard(Service):
+    """The live dashboard (python -m dashboard): a `panel serve` app over Kafka and the pipeline's metrics."""
+
+    name = "dashboard"
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.cfg.host}:{self.cfg.dashboard_port}/"
+
+    @property
+    def listen_port(self) -> int | None:
+        return self.cfg.dashboard_port
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "dashboard", "--host", self.cfg.host, "--port", str(self.cfg.dashboard_port)]
+
+    def environment(self, secrets: dict[str, str]) -> dict[str, str]:
+        return {**os.environ, **local_stack_settings(self.cfg, secrets)}
+
+    def is_ready(self, secrets: dict[str, str]) -> bool:
+        """GET / answers: the page is served (a browser session, and so the feed, starts only when one loads it)."""
+        return http_ok(self.address)
+
+
 class Supervisor(_PipelineClient):
     """The supervisor (stack/supervisor.py): restarts what `up` started when it exits or stops reporting."""
 
@@ -519,7 +543,7 @@ class Supervisor(_PipelineClient):
 
 
 SERVICE_CLASSES: tuple[type[Service], ...] = (
-    Mosquitto, Kafka, KuduMaster, KuduTabletServer, SqlServer, ModelServer, Gateway, StreamingJob,
+    Mosquitto, Kafka, KuduMaster, KuduTabletServer, SqlServer, ModelServer, Gateway, StreamingJob, Dashboard,
 )
 SERVICE_NAMES = tuple(service.name for service in SERVICE_CLASSES)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make setup: install everything the project needs on a fresh Debian/Ubuntu machine, idempotently.
-#   1. Debian packages (only those missing): mosquitto, mosquitto-clients, a JDK 17+, Maven, python3-venv
+#   1. Debian packages (only those missing): mosquitto, mosquitto-clients, a JDK 17+, Maven, python3-venv, and
+#      chromium + chromium-driver (the dashboard's browser test drives them through Selenium)
 #   2. Python packages into .venv (pins in pyproject.toml), redone only when pyproject.toml changes
 #   3. JVM parts from Maven Central + Spark connectors + secrets: `python -m stack install`
 # Needs root or sudo for step 1 only when a package is missing.
@@ -30,6 +31,8 @@ have mosquitto_sub || missing+=(mosquitto-clients)
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1 || true)
 if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then missing+=(openjdk-17-jdk-headless); fi
 have mvn || missing+=(maven)
+have chromium || missing+=(chromium)
+have chromedriver || missing+=(chromium-driver)
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -19,12 +19,18 @@ Each micro-batch (`write_batch`), in three steps:
      (`model.client`), and count them;
   2. write scored (`write_scored`): INSERT the new readings into Kudu, each with its verdict and the version of
      the model that gave it (`model_version`);
-  3. write dead letters (`write_batch_dead_letters`): send the rest to the dead-letter topic with the reason:
+  3. publish scored (`publish_scored`): the readings Kudu now holds, with their verdicts, to Kafka `iot.scored`;
+  4. write dead letters (`write_batch_dead_letters`): send the rest to the dead-letter topic with the reason:
      records that are not readings, and conflicts (a different reading under a key that is already stored; the
      stored one is kept).
 Only when the INSERT finds a key already stored (a replay after a crash, or a conflict) is the batch compared with
 what Kudu holds under its keys: a replayed batch finds its own rows and writes nothing twice. Kafka offsets live
 in the checkpoint.
+
+A second query (unless --no-alerts; streaming/alerts_query.py) reads `iot.scored`, keeps each machine's state in
+its own checkpoint (`--alerts-checkpoint`) and raises an alert when a machine's verdict changes, debounced (k of the
+last n verdicts: --alert-needed, --alert-window): once into Kudu `alerts`, once into Kafka `iot.alerts`.
+With --metrics-port the driver serves Prometheus metrics (streaming/metrics.py).
 
 Nothing stops the job for longer than an outage: while the model server, Kudu or Kafka is away, the batch waits
 with capped backoff and retries (rows already scored are not scored again while Kudu is away) and the health
@@ -35,6 +41,7 @@ loudly (exit 3) unless --no-fail-on-data-loss.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -49,6 +56,7 @@ from typing import TypeVar
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 from pyspark.sql.types import (
     BinaryType,
     DoubleType,
@@ -62,8 +70,11 @@ from pyspark.sql.types import (
 
 from contract import ID_FIELD, LABEL, MODEL_VERSION, SENSOR_FIELDS, TABLE_COLUMNS, TS_FIELD
 from runtime.health import Health, HealthReporter
+from runtime.metrics import start_metrics_server
 from runtime.retry import Backoff
 from runtime.waiting import http_ok, port_open
+from streaming.alerts_query import QueryIdentity, alerts_stream, scored_records, write_alerts
+from streaming.metrics import JobMetrics
 from streaming.options import kafka_options, parse_args
 from streaming.scoring import INPUT_COLUMNS, check_and_score
 
@@ -81,6 +92,7 @@ OUTPUT_SCHEMA = StructType([
     StructField("offset", LongType()),
     StructField("conflict", StringType()),
 ])
+READINGS_QUERY, ALERTS_QUERY = "readings", "alerts"
 DATA_LOSS_EXIT = 3
 STUCK_EXIT = 4
 UNPROCESSABLE_AFTER = 5  # failures in a row, none blaming a dependency, before a batch is dead-lettered whole
@@ -103,7 +115,8 @@ def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
 class JobStatus:
     """What the job is doing, shared by the batch function and the main loop; `assess()` is its health."""
 
-    def __init__(self, stuck_batch_s: float):
+    def __init__(self, stuck_batch_s: float, metrics: JobMetrics | None = None):
+        self.metrics = metrics or JobMetrics()
         self.lock = threading.Lock()
         self.state, self.waiting_on, self.detail = "starting", None, "starting the query"
         self.batch_started: float | None = None
@@ -181,6 +194,7 @@ def until_done(status: JobStatus, phase: str, what: str, action: Callable[[], T]
             dependency = dependency_of(exc, phase)
             problem = first_line(exc)
             failures += 1
+            status.metrics.failed.labels(dependency).inc()
             blameless = blameless + 1 if dependency == "spark" else 0
             if unprocessable_after and blameless >= unprocessable_after:
                 raise BatchUnprocessable(problem) from exc
@@ -340,11 +354,11 @@ def write_dead_letters(dead: DataFrame, args: argparse.Namespace, kafka: dict[st
 
 @dataclass(frozen=True)
 class BatchContext:
-    """What every micro-batch needs: the options, the job's status, the backoff, the dead-letter sink's settings."""
+    """What every micro-batch needs: the options, the job's status, the backoff, the Kafka sink's settings."""
     args: argparse.Namespace
     status: JobStatus
     backoff: Backoff
-    dead_letter_kafka: dict[str, str]
+    kafka_sink: dict[str, str]
 
 
 def summarise(scored: DataFrame, batch_id: int, ctx: BatchContext) -> Summary:
@@ -363,6 +377,17 @@ def write_scored(spark: SparkSession, scored: DataFrame, summary: Summary, batch
     return write_readings(spark, scored, summary, ctx.args, ctx.status, ctx.backoff, batch_id)
 
 
+def publish_scored(classified: DataFrame | None, batch_id: int, ctx: BatchContext) -> None:
+    """Step 2b: the readings Kudu holds now (new, and those a replay found stored) to `iot.scored`, for the
+    alerts and the dashboard. A replay publishes them again: their readers ignore a reading they already took."""
+    if classified is None:
+        return
+    stored = scored_records(classified.where("status in ('new', 'same')"))
+    until_done(ctx.status, "kafka", f"batch {batch_id}: publishing scored readings",
+               lambda: stored.write.format("kafka").options(**ctx.kafka_sink)
+               .option("topic", ctx.args.scored_topic).save(), ctx.backoff)
+
+
 def write_batch_dead_letters(batch: DataFrame, scored: DataFrame, classified: DataFrame | None, summary: Summary,
                              counts: dict[str, int], batch_id: int, ctx: BatchContext) -> None:
     """Step 3: the records that are not readings, and the conflicts with their original records, to the
@@ -373,7 +398,7 @@ def write_batch_dead_letters(batch: DataFrame, scored: DataFrame, classified: Da
         dead = dead.unionByName(conflicts_with_originals(classified, batch))
     if summary.dead or counts.get("conflict"):
         until_done(ctx.status, "kafka", f"batch {batch_id}: writing dead letters",
-                   lambda: write_dead_letters(dead, ctx.args, ctx.dead_letter_kafka), ctx.backoff)
+                   lambda: write_dead_letters(dead, ctx.args, ctx.kafka_sink), ctx.backoff)
 
 
 def report_batch(status: JobStatus, batch_id: int, summary: Summary, counts: dict[str, int], started: float,
@@ -381,7 +406,9 @@ def report_batch(status: JobStatus, batch_id: int, summary: Summary, counts: dic
     """The batch's one log line, and its counts into the job's status."""
     total_s = time.monotonic() - started
     rows, conflicts, replayed = counts.get("new", 0), counts.get("conflict", 0), counts.get("same", 0)
-    lag_s = f"{time.time() - summary.ts_min.timestamp():.1f} s" if summary.ts_min else "-"
+    age_s = time.time() - summary.ts_min.timestamp() if summary.ts_min else None
+    lag_s = f"{age_s:.1f} s" if age_s is not None else "-"
+    status.metrics.batch_done(rows, replayed, summary.dead, conflicts, scoring_s, total_s, age_s)
     line = (f"batch {batch_id}: {rows} rows, {summary.dead} dead-lettered, {conflicts} conflicts, {replayed} "
             f"already stored, {rows / total_s if total_s else 0:.0f} rows/s, scoring {scoring_s:.2f} s, "
             f"write {total_s - scoring_s:.2f} s, lag {lag_s}")
@@ -391,9 +418,10 @@ def report_batch(status: JobStatus, batch_id: int, summary: Summary, counts: dic
 
 def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
     """The foreachBatch function: summarise, write scored, write dead letters, log one line."""
-    # Our dead letters are written like the gateway's records: every replica acknowledges, no duplicates on retry.
-    dead_letter_kafka = {**kafka_options(args), "kafka.acks": "all", "kafka.enable.idempotence": "true"}
-    ctx = BatchContext(args, status, Backoff(args.restart_delay_seconds, args.max_backoff_seconds), dead_letter_kafka)
+    # What the job writes to Kafka (dead letters, scored readings) is written like the gateway's records: every
+    # replica acknowledges, no duplicates on retry.
+    kafka_sink = {**kafka_options(args), "kafka.acks": "all", "kafka.enable.idempotence": "true"}
+    ctx = BatchContext(args, status, Backoff(args.restart_delay_seconds, args.max_backoff_seconds), kafka_sink)
 
     def score(batches):
         return check_and_score(batches, args.model_url, access_key, args.scoring, args.max_payload_bytes,
@@ -410,10 +438,11 @@ def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
             try:
                 summary = summarise(scored, batch_id, ctx)
             except BatchUnprocessable as exc:
-                dead_letter_whole_batch(batch, batch_id, str(exc), args, dead_letter_kafka, status, ctx.backoff)
+                dead_letter_whole_batch(batch, batch_id, str(exc), args, kafka_sink, status, ctx.backoff)
                 return
             scoring_s = time.monotonic() - started
             classified, counts = write_scored(spark, scored, summary, batch_id, ctx)
+            publish_scored(classified, batch_id, ctx)
             write_batch_dead_letters(batch, scored, classified, summary, counts, batch_id, ctx)
         finally:
             scored.unpersist()
@@ -435,6 +464,7 @@ def dead_letter_whole_batch(batch: DataFrame, batch_id: int, problem: str, args:
     until_done(status, "kafka", f"batch {batch_id}: dead-lettering the whole batch",
                lambda: write_dead_letters(dead, args, kafka), backoff)
     status.counters["unprocessable_batches"] += 1
+    status.metrics.dead.labels("unprocessable").inc(batch.count())
     status.batch_done(0, 0, 0, f"batch {batch_id} could not be processed; its records were dead-lettered")
 
 
@@ -470,27 +500,97 @@ def data_was_lost(message: str) -> bool:
     return DATA_LOSS_MARKER in message
 
 
-def run(spark: SparkSession, args: argparse.Namespace, access_key: str, status: JobStatus) -> int:
-    """Start the query; restart it from the checkpoint after a failure, with capped backoff, forever."""
+def start_readings_query(spark: SparkSession, args: argparse.Namespace, access_key: str, status: JobStatus
+                         ) -> StreamingQuery:
+    """Kafka `iot` -> score -> Kudu (and `iot.scored`), batch by batch (`write_batch`)."""
+    return (read_kafka(spark, args).writeStream.queryName(READINGS_QUERY)
+            .foreachBatch(write_batch(args, access_key, status))
+            .option("checkpointLocation", args.checkpoint)
+            .trigger(processingTime=f"{args.trigger_seconds} seconds")
+            .start())
+
+
+def start_alerts_query(spark: SparkSession, args: argparse.Namespace, status: JobStatus) -> StreamingQuery:
+    """Kafka `iot.scored` -> per-machine state -> alerts in Kudu and Kafka (streaming/alerts_query.py)."""
     backoff = Backoff(args.restart_delay_seconds, args.max_backoff_seconds)
+    identity = QueryIdentity()
+
+    def keep(phase: str, what: str, action):
+        return until_done(status, phase, what, action, backoff)
+
+    def write_kudu_alerts(rows: DataFrame) -> None:
+        (rows.write.format("kudu").option("kudu.master", args.kudu_master)
+         .option("kudu.table", args.alerts_kudu_table).option("kudu.operation", "insert-ignore")
+         .mode("append").save())
+
+    def counted(alerts: list[dict]) -> None:
+        for alert in alerts:
+            status.metrics.alerts.labels(alert["state"]).inc()
+
+    query = (alerts_stream(spark, args, kafka_options(args)).writeStream.queryName(ALERTS_QUERY)
+             .foreachBatch(write_alerts(args, identity, dict(args.kafka_option), keep, write_kudu_alerts, counted))
+             .option("checkpointLocation", args.alerts_checkpoint)
+             .trigger(processingTime=f"{args.trigger_seconds} seconds")
+             .start())
+    identity.set(str(query.id))
+    return query
+
+
+def stop_all(spark: SparkSession, queries: list[StreamingQuery]) -> None:
+    """Stop the queries still running, and forget the terminated ones (before they are started again)."""
+    for query in queries:
+        with contextlib.suppress(Exception):
+            query.stop()
+    spark.streams.resetTerminated()
+
+
+class ProgressToMetrics(StreamingQueryListener):
+    """The readings query's progress into the metrics: how far behind Kafka's latest offsets it is."""
+
+    def __init__(self, metrics: JobMetrics):
+        self.metrics = metrics
+
+    def onQueryStarted(self, event) -> None:  # noqa: N802 - Spark's listener API
+        pass
+
+    def onQueryProgress(self, event) -> None:  # noqa: N802
+        if event.progress.name == READINGS_QUERY:
+            self.metrics.progress(event.progress.sources)
+
+    def onQueryIdle(self, event) -> None:  # noqa: N802
+        pass
+
+    def onQueryTerminated(self, event) -> None:  # noqa: N802
+        pass
+
+
+def run(spark: SparkSession, args: argparse.Namespace, access_key: str, status: JobStatus) -> int:
+    """Start the queries (readings, and alerts unless --no-alerts); after a failure of either, restart both from
+    their checkpoints, with capped backoff, forever. Returns when a query stops without failing."""
+    backoff = Backoff(args.restart_delay_seconds, args.max_backoff_seconds)
+    spark.streams.addListener(ProgressToMetrics(status.metrics))
     while True:
         status.set("starting", "starting the query")
+        queries: list[StreamingQuery] = []
         try:
-            query = (read_kafka(spark, args).writeStream
-                     .foreachBatch(write_batch(args, access_key, status))
-                     .option("checkpointLocation", args.checkpoint)
-                     .trigger(processingTime=f"{args.trigger_seconds} seconds")
-                     .start())
-            status.set("up", "query running, waiting for the first batch")
+            queries.append(start_readings_query(spark, args, access_key, status))
             log.info("streaming %s -> Kudu %s (checkpoint %s)", args.topic, args.kudu_table, args.checkpoint)
-            while not query.awaitTermination(5):
+            if args.alerts:
+                queries.append(start_alerts_query(spark, args, status))
+                log.info("alerts: %s -> Kafka %s, Kudu %s (k=%d of n=%d; checkpoint %s)", args.scored_topic,
+                         args.alerts_topic, args.alerts_kudu_table, args.alert_needed, args.alert_window,
+                         args.alerts_checkpoint)
+            status.set("up", "query running, waiting for the first batch")
+            while not spark.streams.awaitAnyTermination(5):
                 quiet = time.monotonic() - status.last_batch_at > 10
                 status.idle_problem = idle_problem(args) if quiet else None
                 if status.counters["batches"]:
                     backoff.reset()
                 exit_if_stuck(status, args.stuck_batch_seconds)
+            stop_all(spark, queries)
             return 0
         except (StreamingQueryException, Exception) as exc:  # noqa: BLE001 - restart from the checkpoint
+            stop_all(spark, queries)
             problem = first_line(exc)
             if data_was_lost(str(exc)):
                 log.error("Kafka no longer holds offsets this job still needs (retention deleted them): %s. "
@@ -508,12 +608,23 @@ def run(spark: SparkSession, args: argparse.Namespace, access_key: str, status: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for chatty in ("kafka", "py4j"):  # a line per connection and per callback: only their warnings
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     access_key = os.environ.get("MODEL_ACCESS_KEY")
     if not access_key:
         print("error: MODEL_ACCESS_KEY is not set (source .stack/connection.env)", file=sys.stderr)
         return 2
     status = JobStatus(args.stuck_batch_seconds)
     reporter = HealthReporter(args.health_file, status.assess).start()
+    if args.metrics_port:
+        try:
+            server = start_metrics_server(args.metrics_port, args.metrics_host, status.metrics.registry)
+        except OSError as exc:
+            print(f"error: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}; pick another "
+                  "--metrics-port (or STREAMING_METRICS_PORT)", file=sys.stderr)
+            reporter.stop()
+            return 2
+        log.info("metrics at %s", server.url)
     spark = (SparkSession.builder.appName("iot-kafka-to-kudu")
              .config("spark.sql.session.timeZone", "UTC")
              .config("spark.sql.shuffle.partitions", "1")  # only the per-batch summary shuffles

@@ -20,7 +20,17 @@ from urllib.parse import urlsplit
 
 from contract import MAX_NESTING, MAX_PAYLOAD_BYTES
 from model.client import SCORERS
-from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, KUDU_TABLE, connection_settings
+from runtime.metrics import DEFAULT_METRICS_HOST, port_number
+from runtime.settings import (
+    ALERTS_KUDU_TABLE,
+    ALERTS_TOPIC,
+    DEAD_LETTER_TOPIC,
+    IOT_TOPIC,
+    KUDU_TABLE,
+    SCORED_TOPIC,
+    connection_settings,
+)
+from streaming.alerts import DEFAULT_NEEDED, DEFAULT_WINDOW
 
 # The first line of the job's docstring (tests/test_streaming_job.py keeps them equal).
 DESCRIPTION = ("Lab 9: score every reading of Kafka topic `iot` with the model server and write it into Kudu "
@@ -163,6 +173,26 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
              "twice as long, the job exits (exit 4) to be restarted from its checkpoint")
     add("--health-file", type=lambda text: Path(_text("the health file")(text)),
         help="where to write the job's state every 2 s")
+    add("--scored-topic", type=topic, default=SCORED_TOPIC,
+        help=f"where each scored reading goes once Kudu has it, for the alerts and the dashboard (default "
+             f"{SCORED_TOPIC})")
+    add("--alerts", action=argparse.BooleanOptionalAction, default=True,
+        help="run the alerts query: iot.scored -> per-machine state -> Kafka --alerts-topic and Kudu "
+             "--alerts-kudu-table (default); --no-alerts for a job that only scores")
+    add("--alerts-topic", type=topic, default=ALERTS_TOPIC, help=f"(default {ALERTS_TOPIC})")
+    add("--alerts-kudu-table", type=_text("the alerts' Kudu table"), default=ALERTS_KUDU_TABLE,
+        help=f"(default {ALERTS_KUDU_TABLE})")
+    add("--alerts-checkpoint", type=_text("the alerts' checkpoint"),
+        help="the alerts query's checkpoint, with the machines' state (default: the checkpoint's path + -alerts)")
+    add("--alert-window", type=_number(int, 1, 1000), default=DEFAULT_WINDOW,
+        help=f"n: a machine's state changes when k of its last n verdicts disagree with it (default {DEFAULT_WINDOW})")
+    add("--alert-needed", type=_number(int, 1, 1000), default=DEFAULT_NEEDED,
+        help=f"k, more than half of n (default {DEFAULT_NEEDED})")
+    add("--metrics-host", type=_text("the metrics host"), default=DEFAULT_METRICS_HOST,
+        help=f"address of the Prometheus endpoint (default {DEFAULT_METRICS_HOST})")
+    add("--metrics-port", type=port_number, default=env.get("STREAMING_METRICS_PORT") or "0",
+        help="serve Prometheus metrics at http://<metrics-host>:<port>/metrics (default: STREAMING_METRICS_PORT, "
+             "else none)")
     return parser
 
 
@@ -182,6 +212,14 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] | None = No
     if args.max_backoff_seconds < args.restart_delay_seconds:
         parser.error(f"argument --max-backoff-seconds: {args.max_backoff_seconds:g} is less than "
                      f"--restart-delay-seconds {args.restart_delay_seconds:g}")
+    if 2 * args.alert_needed <= args.alert_window or args.alert_needed > args.alert_window:
+        parser.error(f"argument --alert-needed: {args.alert_needed} of --alert-window {args.alert_window}: k must "
+                     "be more than half of n, and at most n")
+    topics = [args.topic, args.dead_letter_topic, args.scored_topic, args.alerts_topic]
+    if len(set(topics)) < len(topics):
+        parser.error(f"the topics must differ: --topic {args.topic}, --dead-letter-topic {args.dead_letter_topic}, "
+                     f"--scored-topic {args.scored_topic}, --alerts-topic {args.alerts_topic}")
+    args.alerts_checkpoint = args.alerts_checkpoint or args.checkpoint.rstrip("/") + "-alerts"
     keys = [key.lower() for key, _ in args.kafka_option]
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:

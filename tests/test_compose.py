@@ -37,6 +37,9 @@ READS = {
     "model": ("MODEL_ACCESS_KEY", "MODEL_PATH"),  # model/__main__.py, model/registry.py
     "model-train": ("MODEL_PATH",),
     "sql-init": ("SQL_HOST", "SQL_PORT"),  # sql/__main__.py
+    # dashboard/: Kafka (iot.scored, iot.alerts), the model server, and the metrics endpoints it shows
+    "dashboard": ("KAFKA_BOOTSTRAP", "MODEL_URL", "MODEL_ACCESS_KEY", "GATEWAY_METRICS_URL", "STREAMING_METRICS_URL",
+                  "MODEL_METRICS_URL"),
 }
 
 
@@ -118,6 +121,16 @@ def test_every_variable_a_part_reads_is_set_for_the_service_that_runs_it():
     for service, variables in READS.items():
         environment = compose_settings([service], SECRETS)
         assert set(variables) <= set(environment), (service, set(variables) - set(environment))
+
+
+def test_the_image_holds_every_package_a_service_runs():
+    copied = set(re.findall(r"^COPY (\w+) \1$", (REPO_ROOT / "Dockerfile").read_text(), re.MULTILINE))
+    for name, service in SERVICES.items():
+        if service.get("image") != SERVICES["gateway"]["image"]:
+            continue
+        command = " ".join(service["command"]) if isinstance(service["command"], list) else service["command"]
+        for package in re.findall(r"python -m (\w+)", command):
+            assert package in copied, f"{name} runs `python -m {package}`: the Dockerfile must COPY {package}"
 
 
 def test_every_long_running_jvm_or_native_service_has_a_memory_limit():

@@ -114,6 +114,12 @@ def test_where_the_services_are_is_never_guessed(capsys, option, variable):
     (["--restart-delay-seconds", "10", "--max-backoff-seconds", "5"],
      "argument --max-backoff-seconds: 5 is less than --restart-delay-seconds 10"),
     (["--stuck-batch-seconds", "0"], "argument --stuck-batch-seconds: '0' is out of range"),
+    (["--alert-needed", "2", "--alert-window", "4"], "argument --alert-needed: 2 of --alert-window 4: k must be more"),
+    (["--alert-needed", "6"], "argument --alert-needed: 6 of --alert-window 5"),
+    (["--alert-window", "0"], "argument --alert-window: '0' is out of range"),
+    (["--alerts-topic", "iot.scored"], "the topics must differ: --topic iot, --dead-letter-topic iot.dlq, "
+     "--scored-topic iot.scored, --alerts-topic iot.scored"),
+    (["--metrics-port", "65536"], "argument --metrics-port: '65536'"),
 ])
 def test_a_wrong_option_is_refused_by_name_and_value(capsys, argv, says):
     assert says in refusal(capsys, argv)
@@ -124,6 +130,7 @@ def test_a_wrong_option_is_refused_by_name_and_value(capsys, argv, says):
     ("KUDU_MASTER", "kudu:port", "--kudu-master"),
     ("MODEL_URL", "model:8000", "--model-url"),
     ("STREAMING_CHECKPOINT", "", "--checkpoint"),
+    ("STREAMING_METRICS_PORT", "http", "--metrics-port"),
 ])
 def test_a_wrong_default_from_the_environment_is_refused_too(capsys, variable, value, option):
     assert f"argument {option}: {value!r}" in refusal(capsys, [], env={variable: value})
