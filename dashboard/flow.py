@@ -118,45 +118,70 @@ def _state(samples: Samples | None) -> str:
     return DOWN if samples is None else UP
 
 
-def _count(value: float | None, what: str) -> str:
-    return "" if value is None else f"{value:,.0f} {what}"
+def _count(value: float | None, what: str, one: str | None = None) -> str:
+    """'12 records' ('1 record' with one="record"); "" for no value."""
+    if value is None:
+        return ""
+    return f"{value:,.0f} {one if one is not None and round(value) == 1 else what}"
+
+
+def _gateway(window: _Window) -> Stage:
+    samples = window.last.gateway
+    return Stage("gateway", _state(samples), window.rate("gateway", "iot_gateway_produced_total"), "readings/s",
+                 _value(samples, "iot_gateway_dead_lettered_total"),
+                 _notes(_count(_value(samples, "iot_gateway_received_total"), "received")))
+
+
+def _kafka(window: _Window) -> Stage:
+    size = window.last.kafka
+    return Stage("Kafka iot", DOWN if size is None else UP, window.kafka_rate(), "records/s in",
+                 notes=_notes(_count(None if size is None else size[1], "records", "record")))
+
+
+def _job(window: _Window) -> Stage:
+    samples = window.last.streaming
+    batch_seconds = window.mean("streaming", "iot_streaming_batch_duration_seconds")
+    failed = _value(samples, "iot_streaming_batches_failed_total") or None  # shown only when there are some
+    return Stage("job", _state(samples),
+                 window.rate("streaming", "iot_streaming_rows_total", "iot_streaming_replayed_total",
+                             "iot_streaming_dead_lettered_total"), "records/s",
+                 _value(samples, "iot_streaming_dead_lettered_total"),
+                 _notes(_count(failed, "failed attempts", "failed attempt"),
+                        "" if batch_seconds is None else f"{batch_seconds:.2f} s a batch"))
+
+
+def _kudu(window: _Window) -> Stage:
+    samples = window.last.streaming
+    return Stage("Kudu sensors", UNOBSERVED, window.rate("streaming", "iot_streaming_rows_total"), "rows/s written",
+                 notes=_notes(_count(_value(samples, "iot_streaming_rows_total"), "rows written", "row written"),
+                              _count(_value(samples, "iot_streaming_alerts_total"), "alerts", "alert")))
+
+
+def _links(last: Scrape) -> tuple[tuple[str, ...], ...]:
+    lag_seconds = _value(last.streaming, "iot_streaming_lag_seconds")
+    return (
+        (),  # Mosquitto does not export its queue
+        _notes(_count(_value(last.gateway, "iot_gateway_in_flight"), "in flight")),
+        _notes(_count(_value(last.streaming, "iot_streaming_kafka_lag_records"), "not read yet"),
+               "" if lag_seconds is None else f"{lag_seconds:.1f} s behind"),
+        _notes(_count(_value(last.streaming, "iot_streaming_batch_rows"), "rows a batch", "row a batch")),
+    )
+
+
+def _model(window: _Window) -> Stage:
+    samples = window.last.model
+    served = _value(samples, "iot_model_served_version")
+    return Stage("model", _state(samples), window.rate("model", "iot_model_rows_scored_total"), "rows/s scored",
+                 notes=_notes("" if served is None else f"serves v{served:.0f}"))
 
 
 def compute_flow(scrapes: Sequence[Scrape]) -> Flow:
     """The flow at the last of `scrapes` (oldest first), its rates over their time (one scrape: no rates yet)."""
     window = _Window(scrapes)
-    last = window.last
-    gateway, streaming, model = last.gateway, last.streaming, last.model
-    batch_seconds = window.mean("streaming", "iot_streaming_batch_duration_seconds")
-    stages = (
-        Stage("Mosquitto", UNOBSERVED, window.rate("gateway", "iot_gateway_received_total"), "msg/s to the gateway"),
-        Stage("gateway", _state(gateway), window.rate("gateway", "iot_gateway_produced_total"), "readings/s",
-              _value(gateway, "iot_gateway_dead_lettered_total"),
-              _notes(_count(_value(gateway, "iot_gateway_received_total"), "received"))),
-        Stage("Kafka iot", DOWN if last.kafka is None else UP, window.kafka_rate(), "records/s in",
-              notes=_notes(_count(None if last.kafka is None else last.kafka[1], "records"))),
-        Stage("job", _state(streaming),
-              window.rate("streaming", "iot_streaming_rows_total", "iot_streaming_replayed_total",
-                          "iot_streaming_dead_lettered_total"), "records/s",
-              _value(streaming, "iot_streaming_dead_lettered_total"),
-              _notes(_count(_value(streaming, "iot_streaming_batches_failed_total") or None, "failed attempts"),
-                     "" if batch_seconds is None else f"{batch_seconds:.2f} s a batch")),
-        Stage("Kudu sensors", UNOBSERVED, window.rate("streaming", "iot_streaming_rows_total"),
-              "rows/s written", notes=_notes(_count(_value(streaming, "iot_streaming_rows_total"), "rows written"),
-                                             _count(_value(streaming, "iot_streaming_alerts_total"), "alerts"))),
-    )
-    lag_records = _value(streaming, "iot_streaming_kafka_lag_records")
-    lag_seconds = _value(streaming, "iot_streaming_lag_seconds")
-    links = (
-        (),  # Mosquitto does not export its queue
-        _notes(_count(_value(gateway, "iot_gateway_in_flight"), "in flight")),
-        _notes(_count(lag_records, "not read yet"), "" if lag_seconds is None else f"{lag_seconds:.1f} s behind"),
-        _notes(_count(_value(streaming, "iot_streaming_batch_rows"), "rows a batch")),
-    )
-    served = _value(model, "iot_model_served_version")
-    model_stage = Stage("model", _state(model), window.rate("model", "iot_model_rows_scored_total"), "rows/s scored",
-                        notes=_notes("" if served is None else f"serves v{served:.0f}"))
-    return Flow(stages, links, model_stage)
+    mosquitto = Stage("Mosquitto", UNOBSERVED, window.rate("gateway", "iot_gateway_received_total"),
+                      "msg/s to the gateway")
+    stages = (mosquitto, _gateway(window), _kafka(window), _job(window), _kudu(window))
+    return Flow(stages, _links(window.last), _model(window))
 
 
 def _notes(*notes: str) -> tuple[str, ...]:

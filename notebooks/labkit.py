@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pandas as pd
+from prometheus_client.parser import text_string_to_metric_families
 
 from runtime import kafka as kafka_tools
 from runtime.settings import (
@@ -246,6 +248,14 @@ def records_table(records: list) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def metrics(url: str) -> dict[str, float]:
+    """A Prometheus endpoint's samples, parsed as Prometheus does: name (with its labels, if any) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {sample.name + (json.dumps(sample.labels, sort_keys=True) if sample.labels else ""): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 def sql(statement: str) -> pd.DataFrame:
     """A SQL statement through impyla (the local Spark Thrift Server, or Impala), as a table; Impala's Kudu DDL
     (lab 9's `CREATE TABLE ... STORED AS KUDU`) included (`sql.client.execute`)."""
@@ -299,7 +309,8 @@ class Needs:
     no_lab_job: bool = False  # no lab-9 job left running
 
 
-ALL_SERVICES = ("mosquitto", "kafka", "kudu-master", "kudu-tserver", "sql", "model", "gateway", "streaming")
+ALL_SERVICES = ("mosquitto", "kafka", "kudu-master", "kudu-tserver", "sql", "model", "gateway", "streaming",
+                "dashboard")
 PIPELINE_SERVICES = ("mosquitto", "kafka", "gateway")
 NEEDS: dict[int, Needs] = {
     1: Needs(ALL_SERVICES),
@@ -312,6 +323,7 @@ NEEDS: dict[int, Needs] = {
     8: Needs(("model",)),
     9: Needs(ALL_SERVICES, no_lab_job=True),
     10: Needs(ALL_SERVICES, rows_in_kudu=1000, no_lab_job=True),
+    11: Needs(ALL_SERVICES, no_lab_job=True),
 }
 
 

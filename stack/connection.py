@@ -20,7 +20,7 @@ def local_stack_settings(cfg: StackConfig, secrets: dict[str, str]) -> dict[str,
         "MODEL_URL": f"http://{cfg.host}:{cfg.model_port}",
         "MODEL_ACCESS_KEY": secrets["MODEL_ACCESS_KEY"],
         "GATEWAY_METRICS_URL": f"http://{cfg.host}:{cfg.gateway_metrics_port}/metrics",
+        "MODEL_METRICS_URL": f"http://{cfg.host}:{cfg.model_port}/metrics",
         "STREAMING_METRICS_URL": f"http://{cfg.host}:{cfg.streaming_metrics_port}/metrics",
         "DASHBOARD_URL": f"http://{cfg.host}:{cfg.dashboard_port}/",
-        "MODEL_METRICS_URL": f"http://{cfg.host}:{cfg.model_port}/metrics",
     }

@@ -257,7 +257,8 @@ def test_a_two_worker_gateway_reports_what_it_bridged(local_stack, secrets, tmp_
     gateway = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--workers", "2", "--gateway-id", f"gw-metrics-{time.time_ns()}",
          "--topic-filter", "metrics-test/#", "--share-group", "metrics-test", "--kafka-topic", topic,
-         "--dead-letter-topic", dead_topic, "--health-file", str(health), "--max-payload-bytes", "1500000"],
+         "--dead-letter-topic", dead_topic, "--health-file", str(health), "--max-payload-bytes", "1500000",
+         "--no-alerts"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/metrics"
     try:

@@ -1,6 +1,6 @@
 """The lab notebooks, executed top to bottom in order, as a learner runs them, against a stack of their own.
 
-The fixture starts that stack first, as `make lab` does, and stops it after lab 10. Every lab states what the
+The fixture starts that stack first, as `make lab` does, and stops it after the last lab. Every lab states what the
 learner should see and checks it (`labkit.expect`); every exercise is run with its solution in place of the
 learner's cell, and its check must pass (`LABKIT_STRICT=1`). A failing cell fails its lab; the labs after it then
 fail too, as a learner's would.
@@ -53,8 +53,8 @@ def code_cells(lab: Path) -> list[nbformat.NotebookNode]:
     return [c for c in nbformat.read(lab, as_version=4).cells if c.cell_type == "code"]
 
 
-def test_there_are_ten_labs_committed_without_outputs():
-    assert [lab.name[:2] for lab in LABS] == [f"{n:02d}" for n in range(1, 11)]
+def test_there_are_eleven_labs_committed_without_outputs():
+    assert [lab.name[:2] for lab in LABS] == [f"{n:02d}" for n in range(1, 12)]
     for lab in LABS:
         dirty = [i for i, c in enumerate(code_cells(lab)) if c.outputs or c.execution_count is not None]
         assert not dirty, (f"{lab.name}: code cells {dirty} have outputs; strip them: "
