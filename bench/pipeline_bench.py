@@ -3,6 +3,7 @@
 Usage (the local stack must be up: `make up`):
     python -m bench.pipeline_bench [--readings 200000] [--baseline-readings 20000] [--rates 10000]
                                    [--rate-seconds 60] [--workshop-seconds 60] [--scoring batch per-record]
+                                   [--no-dashboard]
 
 For each scoring mode (`batch`, the product's one call per partition batch, and `per-record`, the workshop's one
 call per reading) it starts its own gateway (MQTT `pbench/#` -> its own Kafka topic) and its own streaming job
@@ -10,7 +11,10 @@ call per reading) it starts its own gateway (MQTT `pbench/#` -> its own Kafka to
   - flat out: the simulator publishes N readings as fast as it can; records/s = N / (first publish until
     `select count(*)` returns N);
   - fixed rates (--rates): R readings/s for --rate-seconds; records/s = delivered / time;
-  - the workshop's rate: one reading per second (the workshop's interval_ms 1000) for --workshop-seconds.
+  - the workshop's rate: one reading per second (the workshop's interval_ms 1000) for --workshop-seconds;
+  - with --dashboard (the default; batch scoring): flat out and the workshop's rate again, with a headless Chromium page open
+    on the stack's dashboard (bench/browser.py): the throughput with and without it, and the cores the
+    dashboard's server and the page use.
 Latency: during every scenario, probe readings (--probe-rate per second, sensor ids of their own) travel the same
 path; the bench scans Kudu every 0.25 s and a probe's latency is (first scan that returns it) - its sensor_ts, so
 the figures are rounded up by up to one poll (a scan takes ~0.1 s). Every scenario ends with a check through SQL
@@ -40,6 +44,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from kafka import KafkaAdminClient
 
+from bench.browser import Browser, headless_chromium
 from bench.processes import (
     forget_sessions,
     group_cpu_seconds,
@@ -61,6 +66,7 @@ from stack.process import PidRecord
 from stack.services import SERVICE_CLASSES
 
 SQL_TABLE = "sensors_bench"
+DASHBOARD_OPEN = ", dashboard open"
 MQTT_TOPIC = "pbench"
 MACHINES = 100
 PROBE_IDS = 10
@@ -243,8 +249,13 @@ def stack_process_groups(cfg: StackConfig) -> dict[str, int]:
     return groups
 
 
-def cpu_snapshot(groups: dict[str, int]) -> dict[str, float]:
+BROWSER = "browser (dashboard page)"
+
+
+def cpu_snapshot(groups: dict[str, int], browser: Browser | None = None) -> dict[str, float]:
     snapshot = {name: group_cpu_seconds(pgid) for name, pgid in groups.items()}
+    if browser:
+        snapshot[BROWSER] = browser.cpu_seconds()
     snapshot["simulator"] = own_cpu_seconds(resource.RUSAGE_CHILDREN)  # its publishers are reaped children
     snapshot["bench (probes, Kudu scans)"] = own_cpu_seconds()
     return snapshot
@@ -256,8 +267,10 @@ class Bench:
         self.cfg, self.sql = load_config(), (settings["SQL_HOST"], int(settings["SQL_PORT"]))
         self.next_block = 10_000_000
 
-    def scenario(self, pipeline: Pipeline, name: str, sim: SimulatorConfig, expected: int | None = None) -> Outcome:
-        """Publish with `sim` (plus probes) and wait until every reading and probe is queryable."""
+    def scenario(self, pipeline: Pipeline, name: str, sim: SimulatorConfig, expected: int | None = None,
+                 browser: Browser | None = None) -> Outcome:
+        """Publish with `sim` (plus probes) and wait until every reading and probe is queryable. With `browser` (a
+        page open on the dashboard), its CPU is counted too."""
         first_id, self.next_block = self.next_block, self.next_block + ID_BLOCK
         sim = dataclasses.replace(sim, first_sensor_id=first_id, machine_count=MACHINES)
         probes_from = first_id + ID_BLOCK - PROBE_IDS
@@ -265,7 +278,7 @@ class Bench:
         poller = QueryablePoller(self.cfg, self.settings["KUDU_MASTER"], (first_id, first_id + MACHINES),
                                  (probes_from, probes_from + PROBE_IDS))
         probes = ProbePublisher(self.settings, probes_from, self.args.probe_rate)
-        before = cpu_snapshot(groups)
+        before = cpu_snapshot(groups, browser)
         started = time.time()
         poller.start()
         probes.start()
@@ -278,7 +291,7 @@ class Bench:
         probes.stop()
         poller.wait_for("every probe queryable", lambda: len(poller.first_seen) >= len(probes.published), 120)
         poller.stop()
-        after = cpu_snapshot(groups)
+        after = cpu_snapshot(groups, browser)
         cpu = {stage: after[stage] - before[stage] for stage in before}
         cpu["simulator"] -= poller.cpu_s  # the scan tool runs are reaped children too
         cpu["bench (probes, Kudu scans)"] += poller.cpu_s
@@ -298,35 +311,63 @@ class Bench:
     def run_mode(self, scoring: str, workdir: Path, stamp: str) -> list[Outcome]:
         args, outcomes = self.args, []
         readings = args.readings if scoring == "batch" else args.baseline_readings
+        flat_out = dataclasses.replace(self.sim, messages=readings, interval_ms=0)
+        workshop = dataclasses.replace(self.sim, interval_ms=1000, publishers=1, duration_s=args.workshop_seconds,
+                                       messages=0)
+        with_dashboard = args.dashboard and scoring == "batch"
         with Pipeline(args, self.settings, scoring, workdir, stamp) as pipeline:
             self.scenario(pipeline, "warm-up", dataclasses.replace(self.sim, messages=2_000, interval_ms=0))
-            outcomes.append(self.scenario(pipeline, f"flat out, {readings:,} readings",
-                                          dataclasses.replace(self.sim, messages=readings, interval_ms=0), readings))
+            outcomes.append(self.scenario(pipeline, f"flat out, {readings:,} readings", flat_out, readings))
+            if with_dashboard:
+                outcomes.append(self.with_dashboard(pipeline, f"flat out, {readings:,} readings", flat_out, readings))
             for rate in args.rates:
                 outcomes.append(self.scenario(pipeline, f"{rate:,}/s for {args.rate_seconds} s", dataclasses.replace(
                     self.sim, interval_ms=1000 / rate, duration_s=args.rate_seconds, messages=0)))
             if args.workshop_seconds:
-                outcomes.append(self.scenario(pipeline, f"workshop rate 1/s for {args.workshop_seconds} s",
-                                              dataclasses.replace(self.sim, interval_ms=1000, publishers=1,
-                                                                  duration_s=args.workshop_seconds, messages=0)))
+                name = f"workshop rate 1/s for {args.workshop_seconds} s"
+                outcomes.append(self.scenario(pipeline, name, workshop))
+                if with_dashboard:
+                    outcomes.append(self.with_dashboard(pipeline, name, workshop))
         return outcomes
+
+    def with_dashboard(self, pipeline: Pipeline, name: str, sim: SimulatorConfig, expected: int | None = None
+                       ) -> Outcome:
+        """The scenario again, with one browser page open on the stack's dashboard (which shows the bench's scored
+        readings: the bench's job writes them to `iot.scored` as the stack's does)."""
+        with headless_chromium(self.settings["DASHBOARD_URL"]) as browser:
+            return self.scenario(pipeline, f"{name}{DASHBOARD_OPEN}", sim, expected, browser)
 
 
 def print_report(outcomes: list[Outcome]) -> None:
-    print(f"\n{'scoring':<10}  {'scenario':<32}  {'readings':>9}  {'records/s':>9}  {'p50 s':>6}  {'p99 s':>6}  "
+    print(f"\n{'scoring':<10}  {'scenario':<48}  {'readings':>9}  {'records/s':>9}  {'p50 s':>6}  {'p99 s':>6}  "
           f"{'probes':>6}")
     for o in outcomes:
-        print(f"{o.scoring:<10}  {o.scenario:<32}  {o.readings:>9,}  {o.records_per_s:>9,.0f}  {o.percentile(50):>6.2f}"
+        print(f"{o.scoring:<10}  {o.scenario:<48}  {o.readings:>9,}  {o.records_per_s:>9,.0f}  {o.percentile(50):>6.2f}"
               f"  {o.percentile(99):>6.2f}  {len(o.latencies_s):>6}")
     flat = {o.scoring: o for o in outcomes if o.scenario.startswith("flat out")}
     if {"batch", "per-record"} <= flat.keys():
         ratio = flat["batch"].records_per_s / flat["per-record"].records_per_s
         print(f"\nspeed-up of batch scoring over one call per record (flat out, same harness): {ratio:.1f}x")
+    print_dashboard_cost(outcomes)
     for o in outcomes:
         print(f"\nCPU by stage, {o.scoring} scoring, {o.scenario} (+ probes), {o.seconds:.1f} s:")
         total = sum(o.cpu_s.values())
         for stage, seconds in [*sorted(o.cpu_s.items(), key=lambda item: -item[1]), ("all", total)]:
             print(f"  {stage:<28} {seconds / o.readings * 1e6:>9,.1f} us/record  {seconds / o.seconds:>5.2f} cores")
+
+
+def print_dashboard_cost(outcomes: list[Outcome]) -> None:
+    """Each scenario run with the dashboard open against the same without: throughput, and the cores the dashboard's
+    server and the browser page used."""
+    closed = {o.scenario: o for o in outcomes if o.scoring == "batch" and not o.scenario.endswith(DASHBOARD_OPEN)}
+    for open_ in (o for o in outcomes if o.scenario.endswith(DASHBOARD_OPEN)):
+        without = closed[open_.scenario.removesuffix(DASHBOARD_OPEN)]
+        change = open_.records_per_s / without.records_per_s - 1
+        print(f"\ndashboard cost, {without.scenario}: {without.records_per_s:,.0f} -> {open_.records_per_s:,.0f} "
+              f"records/s with one page open ({change:+.1%}); dashboard server "
+              f"{without.cpu_s.get('dashboard', 0) / without.seconds:.3f} cores closed, "
+              f"{open_.cpu_s.get('dashboard', 0) / open_.seconds:.3f} cores open; the page itself "
+              f"{open_.cpu_s[BROWSER] / open_.seconds:.3f} cores")
 
 
 def run_sql(settings: dict[str, str], statement: str) -> None:
@@ -363,6 +404,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument("--scoring", nargs="+", choices=["batch", "per-record"], default=["batch", "per-record"])
     parser.add_argument("--timeout", type=float, default=1800, help="give up on a scenario after this many seconds")
+    parser.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
+                        help="batch scoring: run the flat-out and workshop-rate scenarios again with a headless "
+                             "browser open on the stack's dashboard, and report what it costs (default)")
     return parser.parse_args(argv)
 
 
@@ -371,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)  # stop like Ctrl+C: the bench's own processes are stopped too
     settings = connection_settings()
     require(settings, "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP", "KUDU_MASTER",
-            "SQL_HOST", "SQL_PORT", "MODEL_URL", "MODEL_ACCESS_KEY")
+            "SQL_HOST", "SQL_PORT", "MODEL_URL", "MODEL_ACCESS_KEY", *(["DASHBOARD_URL"] if args.dashboard else []))
     sim = dataclasses.replace(load_simulator_config(REPO_ROOT / "simulator" / "mqtt.iot.config"), topic=MQTT_TOPIC,
                               verbose=False, publishers=args.publishers)
     print(f"pipeline bench: {os.cpu_count()} cores shared by simulator, brokers, gateway, job, model and SQL; "
