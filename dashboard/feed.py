@@ -37,6 +37,8 @@ MODEL_EVERY_S = 10.0
 HTTP_TIMEOUT_S = 0.8
 POLL_TIMEOUT_MS = 500
 MAX_POLL_RECORDS = 5_000
+# kafka-python's 30 s would leave the page saying "connecting" that long while Kafka is away.
+KAFKA_TIMEOUT_MS = 10_000
 # Where a new feed starts reading: this many records before the end of each partition (a few minutes of history
 # at the workshop's rate, parsed in well under a second).
 BACKFILL = {SCORED_TOPIC: 2_000, ALERTS_TOPIC: ALERTS_KEPT}
@@ -143,6 +145,11 @@ class FeedRun:
         for thread in self._threads:
             thread.join(timeout_s)
 
+    @property
+    def alive(self) -> bool:
+        """True while either thread runs."""
+        return any(thread.is_alive() for thread in self._threads)
+
     def _guarded(self, loop: Callable[[], None]) -> None:
         """Run `loop` until stopped; an unexpected failure is logged and the loop started again after a pause."""
         backoff = Backoff(first_s=1.0, cap_s=30.0)
@@ -166,7 +173,7 @@ class FeedRun:
                 backoff.reset()
                 self._poll_until_stopped(consumer)
             except (KafkaError, LookupError, OSError) as error:  # Kafka away, a topic not made yet
-                self.kafka_status = f"waiting on Kafka: {type(error).__name__}: {error}"
+                self.kafka_status = f"waiting on Kafka: {error}"
                 self._kafka_end = None
                 log.warning("%s", self.kafka_status)
                 self._stop.wait(backoff.next_delay())
@@ -177,7 +184,8 @@ class FeedRun:
     def _open_consumer(self) -> KafkaConsumer:
         consumer = KafkaConsumer(bootstrap_servers=self.sources.kafka_bootstrap, client_id="dashboard",
                                  group_id=None, enable_auto_commit=False, isolation_level="read_committed",
-                                 max_poll_records=MAX_POLL_RECORDS)
+                                 max_poll_records=MAX_POLL_RECORDS, bootstrap_timeout_ms=KAFKA_TIMEOUT_MS,
+                                 request_timeout_ms=KAFKA_TIMEOUT_MS)
         try:
             partitions = [tp for topic in BACKFILL for tp in _partitions(consumer, topic)]
             consumer.assign(partitions)
@@ -240,10 +248,6 @@ class Feed:
         self._sessions = 0
         self._run: FeedRun | None = None
         self._lock = threading.Lock()
-
-    @property
-    def sessions(self) -> int:
-        return self._sessions
 
     @property
     def running(self) -> bool:

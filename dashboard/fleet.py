@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 
 from contract import (
     ALERT_FIELDS,
+    ID_FIELD,
     LABEL,
     MODEL_VERSION,
     SCORED_FIELDS,
     SENSOR_FIELDS,
     STATE_NAMES,
+    TS_FIELD,
     InvalidReading,
     parse_alert,
     parse_scored,
@@ -107,9 +109,6 @@ class Skipped:
         if _is_power_of_ten(count):
             log.warning("skipped a record of %s (%s, %d so far): %s", topic, reason, count, error)
 
-    def total(self) -> int:
-        return sum(self.counts.values())
-
 
 def _is_power_of_ten(n: int) -> bool:
     while n % 10 == 0:
@@ -176,7 +175,7 @@ class Fleet:
         return machine
 
     def _add_scored(self, record: dict) -> None:
-        sensor_id, sensor_ts = record["sensor_id"], record["sensor_ts"]
+        sensor_id, sensor_ts = record[ID_FIELD], record[TS_FIELD]
         known = self._machines.get(sensor_id)
         if known is not None and known.points and sensor_ts <= known.points[-1].sensor_ts:
             self.older_ignored += 1
@@ -189,8 +188,7 @@ class Fleet:
             self.tiles_version += 1
 
     def _add_alert(self, record: dict) -> None:
-        alert = Alert(self._next_seq(), record["sensor_id"], record["sensor_ts"], record[LABEL],
-                      record[MODEL_VERSION])
+        alert = Alert(self._next_seq(), record[ID_FIELD], record[TS_FIELD], record[LABEL], record[MODEL_VERSION])
         self._alerts.append(alert)
         machine = self._machine(alert.sensor_id)
         if machine.alert is None or alert.sensor_ts >= machine.alert.sensor_ts:

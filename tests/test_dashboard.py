@@ -12,11 +12,12 @@ from contract import HEALTHY, LIKELY_TO_BREAK, SENSOR_FIELDS, STATE_NAMES
 from dashboard.__main__ import build_parser
 from dashboard.app import Session, default_machine
 from dashboard.charts import FLAGGED, VERDICT
-from dashboard.feed import Feed, Sources, model_card, scrape_samples
+from dashboard.feed import Feed, FeedRun, Sources, model_card, scrape_samples
 from dashboard.fleet import OTHER_FIELD, UNKNOWN_TOPIC, WHOLE_PAYLOAD, Fleet, Tile
 from dashboard.flow import DOWN, UNOBSERVED, UP, Scrape, ScrapeHistory, compute_flow, parse_samples
 from dashboard.render import alerts_html, flow_html, model_html, status_html, tiles_html
 from runtime.settings import ALERTS_TOPIC, SCORED_TOPIC
+from runtime.waiting import wait_until
 
 T0 = 1_764_150_000_000_000  # microseconds
 
@@ -214,6 +215,21 @@ def test_the_first_session_starts_the_feed_and_the_last_one_stops_it():
     feed.session_closed()
     assert first.stopped and not feed.running
     assert feed.session_opened() is not first  # a new run, with a fresh fleet
+
+
+def test_a_feed_with_no_source_answering_says_so_and_stops_when_asked(free_ports):
+    nowhere = f"127.0.0.1:{free_ports(1)[0]}"
+    run = FeedRun(Sources(nowhere, gateway_metrics_url=f"http://{nowhere}/metrics",
+                          streaming_metrics_url=f"http://{nowhere}/metrics", model_url=f"http://{nowhere}"))
+    run.start()
+    try:
+        wait_until(lambda: run.kafka_status.startswith("waiting on Kafka") and run.flow, 60, "the feed giving up")
+        assert [stage.state for stage in run.flow.stages] == [UNOBSERVED, DOWN, DOWN, DOWN, UNOBSERVED]
+        assert run.model is None
+    finally:
+        run.stop()
+        run.join(timeout_s=15)
+    assert not run.alive
 
 
 def test_model_card_takes_what_it_can_from_any_answer():
