@@ -12,9 +12,9 @@ call per reading) it starts its own gateway (MQTT `pbench/#` -> its own Kafka to
     `select count(*)` returns N);
   - fixed rates (--rates): R readings/s for --rate-seconds; records/s = delivered / time;
   - the workshop's rate: one reading per second (the workshop's interval_ms 1000) for --workshop-seconds;
-  - with --dashboard (the default; batch scoring): flat out and the workshop's rate again, with a headless Chromium page open
-    on the stack's dashboard (bench/browser.py): the throughput with and without it, and the cores the
-    dashboard's server and the page use.
+  - with --dashboard (the default; batch scoring): flat out and the workshop's rate again, with a headless
+    Chromium page open on the stack's dashboard (bench/browser.py): the throughput with and without it, and the
+    cores the dashboard's server and the page use.
 Latency: during every scenario, probe readings (--probe-rate per second, sensor ids of their own) travel the same
 path; the bench scans Kudu every 0.25 s and a probe's latency is (first scan that returns it) - its sensor_ts, so
 the figures are rounded up by up to one poll (a scan takes ~0.1 s). Every scenario ends with a check through SQL

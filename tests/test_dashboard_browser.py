@@ -16,13 +16,13 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
+from bench.browser import headless_chromium
 from contract import HEALTHY, ID_FIELD, SENSOR_FIELDS, TS_FIELD
 from runtime.settings import SCORED_TOPIC
 from world import sensor_readings
 
 pytestmark = pytest.mark.stack
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
 HEALTHY_MACHINES = (910_001, 910_002, 910_003)
 DEGRADING = 910_004
 # A querySelector that looks into every shadow root (Panel renders each component in one).
@@ -73,15 +73,9 @@ def dashboard_job(pipeline) -> Iterator[None]:
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1300"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    """Headless Chromium from Debian's packages (bench/browser.py: Selenium downloads nothing)."""
+    with headless_chromium() as chromium:
+        yield chromium.driver
 
 
 def deep(driver: webdriver.Chrome, selector: str) -> WebElement | None:
