@@ -40,6 +40,7 @@ from gateway.bridge import (
     GatewaySettings,
     as_header,
     kafka_answers,
+    mqtt_client,
 )
 from runtime.health import Health
 from runtime.retry import Backoff
@@ -151,9 +152,7 @@ class AlertForwarder:
     # -- MQTT (paho's network thread runs the callbacks: none of them may raise) --
 
     def _mqtt_client(self) -> mqtt.Client:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
-        client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = mqtt_client(self.settings, self.client_id)
         client.on_connect = self._on_connect
         client.on_connect_fail = lambda _client, _userdata: self._mqtt_state(False, "cannot reach the MQTT broker")
         client.on_disconnect = self._on_disconnect

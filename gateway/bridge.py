@@ -229,6 +229,15 @@ def dead_letter(message: mqtt.MQTTMessage, settings: GatewaySettings, connection
                     "dead_lettered", message.mid, message.qos, connection, reason=category)
 
 
+def mqtt_client(settings: GatewaySettings, client_id: str, manual_ack: bool = False) -> mqtt.Client:
+    """An MQTT v5 client with the gateway's credentials, reconnecting with backoff (1 s doubling to 30 s)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                         manual_ack=manual_ack)
+    client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
+
+
 class GatewayWorker:
     def __init__(self, settings: GatewaySettings, index: int, on_ready: Callable[[], None] = lambda: None):
         self.settings = settings
@@ -267,10 +276,7 @@ class GatewayWorker:
         self._sender = threading.Thread(target=self._send_loop, name=f"{self.client_id}-sender", daemon=True)
 
     def _mqtt_client(self) -> mqtt.Client:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True)
-        client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = mqtt_client(self.settings, self.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

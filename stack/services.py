@@ -100,6 +100,10 @@ class Service:
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
         return dict(os.environ)
 
+    def connected_environment(self, secrets: dict[str, str]) -> dict[str, str]:
+        """The environment with the local stack's connection settings: what a client of the other services reads."""
+        return {**os.environ, **local_stack_settings(self.cfg, secrets)}
+
     def is_ready(self, secrets: dict[str, str]) -> bool:
         raise NotImplementedError
 
@@ -419,7 +423,7 @@ class ModelServer(Service):
         return [sys.executable, "-m", "model", "serve", "--host", self.cfg.host, "--port", str(self.cfg.model_port)]
 
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
-        return {**os.environ, **local_stack_settings(self.cfg, secrets), "MODEL_PATH": str(self.cfg.model_file)}
+        return {**self.connected_environment(secrets), "MODEL_PATH": str(self.cfg.model_file)}
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
         return http_ok(f"{self.address}/health")
@@ -442,7 +446,7 @@ class _PipelineClient(Service):
         self.health_file.unlink(missing_ok=True)
 
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
-        return {**os.environ, **local_stack_settings(self.cfg, secrets)}
+        return self.connected_environment(secrets)
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
         """Ready once the process says it is up (it writes its state every 2 s)."""
@@ -517,7 +521,7 @@ class Dashboard(Service):
         return [sys.executable, "-m", "dashboard", "--host", self.cfg.host, "--port", str(self.cfg.dashboard_port)]
 
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
-        return {**os.environ, **local_stack_settings(self.cfg, secrets)}
+        return self.connected_environment(secrets)
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
         """GET / answers: the page is served (a browser session, and so the feed, starts only when one loads it)."""
