@@ -76,21 +76,6 @@ def retained_alert(pipeline, machine: int, timeout_s: float = 120) -> tuple[dict
         client.loop_stop()
 
 
-def test_a_machine_that_degrades_raises_one_alert_in_kafka_sql_and_mqtt(pipeline, stack_job, verdict_rows):
-    machine = 930_001
-    offsets = pipeline.end_offsets(ALERTS_TOPIC)
-    pipeline.publish(degrading(machine, verdict_rows, time.time_ns() // 1000 - 60_000_000))
-    [alert] = alerts_of(pipeline, {machine}, offsets)
-    assert (alert[ID_FIELD], alert["state"], alert[LABEL]) == (machine, "likely_to_break", 0)
-    assert alert["model_version"] is not None and len(alert["readings"]) == 5
-    count = f"select count(*) from alerts where sensor_id = {machine}"
-    wait_until(lambda: query(count, pipeline.cfg.host, pipeline.cfg.sql_port)[0][0] >= 1, 60, "the alert in SQL")
-    assert query(count, pipeline.cfg.host, pipeline.cfg.sql_port)[0][0] == 1
-    # Retained: the gateway has carried the alert back before this subscriber existed.
-    wait_until(lambda: retained_alert(pipeline, machine, timeout_s=5)[0] == alert, 120, "the alert on MQTT")
-    assert retained_alert(pipeline, machine) == (alert, True)
-
-
 @pytest.mark.slow
 def test_a_kill_9_of_the_job_mid_stream_neither_loses_nor_repeats_an_alert(pipeline, verdict_rows, tmp_path):
     """A job of the test's own (own tables and topics: the stack's job sees the same readings), killed with
@@ -153,3 +138,19 @@ def test_a_batch_is_published_once_even_when_replayed_or_cut_short(pipeline):
         restarted.close()
     records = records_since(pipeline.cfg.kafka_bootstrap, topic, start, 2, timeout_s=60, settle_s=2)
     assert [parse_alert(r.value)["sensor_id"] for r in records] == [1, 2]
+
+
+# Last in the module: the `stack_job` it uses runs until the module ends, and would compete with the drill above.
+def test_a_machine_that_degrades_raises_one_alert_in_kafka_sql_and_mqtt(pipeline, stack_job, verdict_rows):
+    machine = 930_001
+    offsets = pipeline.end_offsets(ALERTS_TOPIC)
+    pipeline.publish(degrading(machine, verdict_rows, time.time_ns() // 1000 - 60_000_000))
+    [alert] = alerts_of(pipeline, {machine}, offsets)
+    assert (alert[ID_FIELD], alert["state"], alert[LABEL]) == (machine, "likely_to_break", 0)
+    assert alert["model_version"] is not None and len(alert["readings"]) == 5
+    count = f"select count(*) from alerts where sensor_id = {machine}"
+    wait_until(lambda: query(count, pipeline.cfg.host, pipeline.cfg.sql_port)[0][0] >= 1, 60, "the alert in SQL")
+    assert query(count, pipeline.cfg.host, pipeline.cfg.sql_port)[0][0] == 1
+    # Retained: the gateway has carried the alert back before this subscriber existed.
+    wait_until(lambda: retained_alert(pipeline, machine, timeout_s=5)[0] == alert, 120, "the alert on MQTT")
+    assert retained_alert(pipeline, machine) == (alert, True)
