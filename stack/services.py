@@ -464,10 +464,8 @@ class Gateway(_PipelineClient):
     def address(self) -> str:
         return f"mqtt:{self.cfg.mqtt_port}->kafka:{self.cfg.kafka_port}"
 
-    @property
-    def listen_port(self) -> int | None:
-        return self.cfg.gateway_metrics_port  # its metrics endpoint; MQTT and Kafka it only connects to
-
+    # No listen_port: the gateway checks its metrics port itself (it exits naming the port if it is taken). The
+    # launcher's check raced with the supervisor restarting a gateway killed with -9 and refused the new one.
     @property
     def metrics_url(self) -> str:
         return f"http://{self.cfg.host}:{self.cfg.gateway_metrics_port}/metrics"

@@ -47,7 +47,9 @@ def test_after_a_run_the_gateways_received_and_the_jobs_rows_are_what_was_publis
                                                     **{f"sensor_{s}": 1.0 for s in range(12)}}).encode(), False)
                       for i in range(count)])
     assert pipeline.wait_for_rows(f"sensor_id = {machine}", count) == count
-    wait_until(lambda: total(job, "iot_streaming_rows") >= before[1] + count, 30, "the job's metrics")
+    # The job counts a batch once it is done (its scored readings and dead letters written too), a little after SQL
+    # sees its rows.
+    wait_until(lambda: total(job, "iot_streaming_rows") >= before[1] + count, 120, "the job's metrics")
     after = total(gateway, "iot_gateway_received"), total(job, "iot_streaming_rows")
     assert (after[0] - before[0], after[1] - before[1]) == (count, count)
     assert families(job)["iot_streaming_kafka_lag_records"][0].value >= 0
