@@ -317,27 +317,138 @@ def alert_json(alert: dict) -> bytes:
 
 def parse_alert(payload: object) -> dict:
     """Parse one alert (JSON bytes or text). Total: raises InvalidReading naming the field, nothing else."""
+    alert = _document(payload, "alert", ALERT_FIELDS, max_nesting=4)
+    _check_key(alert)
+    _check_verdict(alert)
+    if alert["state"] != STATE_NAMES[alert[LABEL]]:
+        raise InvalidReading("state", f"{show(alert['state'])} does not match {LABEL}={alert[LABEL]}")
+    if not isinstance(alert["readings"], list):
+        raise InvalidReading("readings", f"must be a list, got {type(alert['readings']).__name__}")
+    return alert
+
+
+def _document(payload: object, what: str, fields: Sequence[str], max_nesting: int = 2) -> dict:
+    """The JSON object in `payload` with every one of `fields` present (strict: no repeated key, no NaN).
+    Total: raises InvalidReading and nothing else."""
     try:
         text = _decode(payload, MAX_PAYLOAD_BYTES)
-        if nested_deeper_than(text, 4):
-            raise InvalidReading(None, "nested deeper than 4 levels of arrays or objects")
-        alert = json.loads(text, object_pairs_hook=_strict_pairs)
-        if not isinstance(alert, dict):
-            raise InvalidReading(None, f"not a JSON object but {type(alert).__name__}")
-        for name in ALERT_FIELDS:
-            if name not in alert:
-                raise InvalidReading(name, "missing")
-        _check_int(ID_FIELD, alert[ID_FIELD], SENSOR_ID_RANGE)
-        _check_int(TS_FIELD, alert[TS_FIELD], SENSOR_TS_RANGE)
-        _check_verdict(alert)
-        if alert["state"] != STATE_NAMES[alert[LABEL]]:
-            raise InvalidReading("state", f"{show(alert['state'])} does not match {LABEL}={alert[LABEL]}")
-        if not isinstance(alert["readings"], list):
-            raise InvalidReading("readings", f"must be a list, got {type(alert['readings']).__name__}")
-        return alert
+        if nested_deeper_than(text, max_nesting):
+            raise InvalidReading(None, f"nested deeper than {max_nesting} levels of arrays or objects")
+        document = json.loads(text, object_pairs_hook=_strict_pairs)
     except InvalidReading:
         raise
     except ValueError as exc:
         raise InvalidReading(None, f"not JSON: {clip(str(exc), 200)}") from None
     except Exception as exc:  # noqa: BLE001 - total by design
-        raise InvalidReading(None, f"unreadable alert ({type(exc).__name__}: {clip(str(exc))})") from None
+        raise InvalidReading(None, f"unreadable {what} ({type(exc).__name__}: {clip(str(exc))})") from None
+    if not isinstance(document, dict):
+        raise InvalidReading(None, f"not a JSON object but {type(document).__name__}")
+    for name in fields:
+        if name not in document:
+            raise InvalidReading(name, "missing")
+    return document
+
+
+def _check_key(record: dict) -> None:
+    _check_int(ID_FIELD, record[ID_FIELD], SENSOR_ID_RANGE)
+    _check_int(TS_FIELD, record[TS_FIELD], SENSOR_TS_RANGE)
+
+
+def _check_text(record: dict, name: str, pattern: re.Pattern | None = None, nullable: bool = False) -> None:
+    value = record[name]
+    if value is None and nullable:
+        return
+    if not isinstance(value, str):
+        raise InvalidReading(name, f"must be a string, got {type(value).__name__} {show(value)}")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise InvalidReading(name, f"{show(value)} must match {pattern.pattern}")
+
+
+def _check_version(record: dict, name: str = MODEL_VERSION, nullable: bool = False) -> None:
+    if record[name] is None and nullable:
+        return
+    _check_int(name, record[name], (1, 2**31 - 1))
+
+
+# --- Edge agents (python -m edge): one process per edge site. Topic names are in runtime.settings.
+# An agent id names MQTT topic levels, so it is short and plain: letters, digits, '.', '_', '-'.
+AGENT_ID_FIELD = "agent_id"
+AGENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+# An edge verdict (MQTT `verdicts/<sensor_id>`, QoS 1; Kafka `iot.verdicts`, key = sensor_id; Kudu/SQL
+# `edge_verdicts`, key (sensor_id, sensor_ts, agent_id)): an agent scored a reading with its ONNX model, e.g.
+#   {"sensor_id": 7, "sensor_ts": 1764150000000000, "is_healthy": 1, "model_version": 3, "agent_id": "edge-1",
+#    "scored_ts": 1764150000004000}
+SCORED_TS_FIELD = "scored_ts"
+VERDICT_FIELDS = (ID_FIELD, TS_FIELD, LABEL, MODEL_VERSION, AGENT_ID_FIELD, SCORED_TS_FIELD)
+
+
+def verdict_json(verdict: dict) -> bytes:
+    """One edge verdict as the JSON bytes of MQTT `verdicts/<sensor_id>` and Kafka `iot.verdicts`."""
+    return json.dumps({name: verdict[name] for name in VERDICT_FIELDS}, separators=(",", ":")).encode()
+
+
+def parse_verdict(payload: object) -> dict:
+    """Parse one edge verdict. Total: raises InvalidReading naming the field, nothing else."""
+    verdict = _document(payload, "verdict", VERDICT_FIELDS, max_nesting=1)
+    _check_key(verdict)
+    _check_verdict(verdict)
+    _check_version(verdict)
+    _check_text(verdict, AGENT_ID_FIELD, AGENT_ID_PATTERN)
+    _check_int(SCORED_TS_FIELD, verdict[SCORED_TS_FIELD], SENSOR_TS_RANGE)
+    return {name: verdict[name] for name in VERDICT_FIELDS}
+
+
+# A model job (MQTT `jobs/<agent_id>/model`, QoS 1, retained: an agent that was away finds it when it connects):
+# serve this model version at the edge. Written by `python -m model approve|rollout|rollback`, e.g.
+#   {"job_id": "v3-5f1c2a9e", "model_version": 3, "artifact_url": "http://127.0.0.1:8000/model/versions/3/onnx",
+#    "sha256": "<64 hex digits>", "size_bytes": 15570733, "issued_at": 1764150000000000}
+# The download needs the model server's access key (the agent has it from its environment, never from the job).
+MODEL_JOB_FIELDS = ("job_id", MODEL_VERSION, "artifact_url", "sha256", "size_bytes", "issued_at")
+MAX_ARTIFACT_BYTES = 1024 * 1024 * 1024
+
+
+def model_job_json(job: dict) -> bytes:
+    return json.dumps({name: job[name] for name in MODEL_JOB_FIELDS}, separators=(",", ":")).encode()
+
+
+def parse_model_job(payload: object) -> dict:
+    """Parse one model job. Total: raises InvalidReading naming the field, nothing else."""
+    job = _document(payload, "model job", MODEL_JOB_FIELDS, max_nesting=1)
+    _check_text(job, "job_id", JOB_ID_PATTERN)
+    _check_version(job)
+    _check_text(job, "artifact_url", re.compile(r"https?://[^\s]{1,2000}"))
+    _check_text(job, "sha256", SHA256_PATTERN)
+    _check_int("size_bytes", job["size_bytes"], (1, MAX_ARTIFACT_BYTES))
+    _check_int("issued_at", job["issued_at"], SENSOR_TS_RANGE)
+    return {name: job[name] for name in MODEL_JOB_FIELDS}
+
+
+# A job's status, as the agent reports it (MQTT `jobs/<agent_id>/status`, QoS 1, retained: the last one stands;
+# the fleet is the set of agents that have a status). `state` is IDLE until the agent's first job, then the job's:
+# QUEUED -> IN_PROGRESS -> SUCCEEDED or FAILED (with the `reason`). `model_version` is the version the agent
+# scores with now (null before its first model), `target_version` the job's.
+#   {"agent_id": "edge-1", "job_id": "v3-5f1c2a9e", "state": "SUCCEEDED", "model_version": 3,
+#    "target_version": 3, "reason": "", "ts": 1764150000000000}
+JOB_STATES = ("IDLE", "QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED")
+JOB_STATUS_FIELDS = (AGENT_ID_FIELD, "job_id", "state", MODEL_VERSION, "target_version", "reason", "ts")
+
+
+def job_status_json(status: dict) -> bytes:
+    return json.dumps({name: status[name] for name in JOB_STATUS_FIELDS}, separators=(",", ":")).encode()
+
+
+def parse_job_status(payload: object) -> dict:
+    """Parse one job status. Total: raises InvalidReading naming the field, nothing else."""
+    status = _document(payload, "job status", JOB_STATUS_FIELDS, max_nesting=1)
+    _check_text(status, AGENT_ID_FIELD, AGENT_ID_PATTERN)
+    _check_text(status, "job_id", JOB_ID_PATTERN, nullable=True)
+    if status["state"] not in JOB_STATES or not isinstance(status["state"], str):
+        raise InvalidReading("state", f"must be one of {', '.join(JOB_STATES)}, got {show(status['state'])}")
+    _check_version(status, nullable=True)
+    _check_version(status, "target_version", nullable=True)
+    _check_text(status, "reason")
+    _check_int("ts", status["ts"], SENSOR_TS_RANGE)
+    return {name: status[name] for name in JOB_STATUS_FIELDS}

@@ -27,6 +27,16 @@ ALERTS_TOPIC = "iot.alerts"  # a machine's verdict changed (contract.ALERT_FIELD
 MQTT_ALERTS_PREFIX = "alerts"  # the gateway republishes each alert on MQTT `alerts/<sensor_id>`, retained
 ALERTS_SQL_TABLE = "alerts"
 ALERTS_KUDU_TABLE = "impala::default.alerts"
+# Edge agents (python -m edge): model jobs on `jobs/<agent_id>/model` (retained), their status on
+# `jobs/<agent_id>/status` (retained), each verdict on `verdicts/<sensor_id>`, their log lines on `logs/<agent_id>`.
+MQTT_JOBS_PREFIX = "jobs"
+MQTT_VERDICTS_PREFIX = "verdicts"
+MQTT_VERDICTS_FILTER = f"{MQTT_VERDICTS_PREFIX}/#"
+MQTT_EDGE_LOGS_PREFIX = "logs"
+VERDICTS_TOPIC = "iot.verdicts"  # the gateway carries edge verdicts here (contract.VERDICT_FIELDS)
+EDGE_VERDICTS_SQL_TABLE = "edge_verdicts"
+EDGE_VERDICTS_KUDU_TABLE = "impala::default.edge_verdicts"
+EDGE_AGREEMENT_VIEW = "edge_agreement"  # per model version: edge verdicts that agree with the central ones
 SQL_TABLE = "sensors"
 KUDU_TABLE = "impala::default.sensors"
 
@@ -50,6 +60,14 @@ CONNECTION_VARIABLES = (
 def _repo_path(value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def model_job_topic(agent_id: str) -> str:
+    return f"{MQTT_JOBS_PREFIX}/{agent_id}/model"
+
+
+def job_status_topic(agent_id: str) -> str:
+    return f"{MQTT_JOBS_PREFIX}/{agent_id}/status"
 
 
 def stack_dir() -> Path:
