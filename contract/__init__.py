@@ -45,6 +45,13 @@ MODEL_VERSION = "model_version"
 TABLE_COLUMNS = (ID_FIELD, TS_FIELD, *SENSOR_FIELDS, LABEL, MODEL_VERSION)
 
 
+# The workshop's two examples of lab 8, as (features, the verdict every model must give): a cool bearing at full
+# speed, and a hot bearing (95 degC) with the spindle slowed to 880 rpm and a high current.
+WORKSHOP_EXAMPLES: tuple[tuple[tuple[float, ...], int], ...] = (
+    ((0, 65, 0, 137, 21.95, 83, 19.42, 111, 9.4, 6, 3.43, 4), 1),
+    ((0, 95, 0, 88, 26.62, 75, 21.05, 115, 8.65, 5, 3.32, 3), 0),
+)
+
 GATEWAY_ID_FIELD = "gateway_id"
 RECEIVED_TS_FIELD = "received_ts"
 GATEWAY_FIELDS = (GATEWAY_ID_FIELD, RECEIVED_TS_FIELD)

@@ -18,6 +18,7 @@ from pathlib import Path
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from model.edge_model import artifacts_dir
 from model.registry import model_path
 from model.server.scoring import ModelHolder
 
@@ -27,16 +28,19 @@ log = logging.getLogger(__name__)
 
 
 def create_app(config: dict | None = None) -> Flask:
-    """App factory. Settings (env or `config`): MODEL_ACCESS_KEY (required), MODEL_PATH, MODEL_MAX_BODY_BYTES
-    (the config key is Flask's MAX_CONTENT_LENGTH), MODEL_MAX_ROWS."""
+    """App factory. Settings (env or `config`): MODEL_ACCESS_KEY (required), MODEL_PATH, MODEL_ONNX_DIR (the approved
+    versions' ONNX exports, default `onnx/` beside MODEL_PATH), MODEL_MAX_BODY_BYTES (the config key is Flask's
+    MAX_CONTENT_LENGTH), MODEL_MAX_ROWS."""
     app = Flask(__name__)
     app.config.from_mapping(
         MODEL_ACCESS_KEY=os.environ.get("MODEL_ACCESS_KEY", ""),
         MODEL_PATH=str(model_path()),
+        MODEL_ONNX_DIR="",
         MAX_CONTENT_LENGTH=_positive_int_env("MODEL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         MODEL_MAX_ROWS=_positive_int_env("MODEL_MAX_ROWS", DEFAULT_MAX_ROWS),
     )
     app.config.update(config or {})
+    app.config["MODEL_ONNX_DIR"] = app.config["MODEL_ONNX_DIR"] or str(artifacts_dir(Path(app.config["MODEL_PATH"])))
     if not app.config["MODEL_ACCESS_KEY"]:
         raise RuntimeError("MODEL_ACCESS_KEY is not set: the model server refuses to run without an access key "
                            "(source .stack/connection.env)")

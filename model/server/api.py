@@ -7,6 +7,8 @@
                              columns sensor_0..sensor_11 -> an Arrow IPC stream with one int8 column `result`
                              and `model_version` in its schema's metadata
     POST /model/reload       load the promoted model file again and swap it in
+    GET  /model/versions/<N>/onnx   an approved version's ONNX export, for the edge agents (key needed; HTTP
+                             ranges for resumed downloads; its sha256 in X-Content-SHA256 and the ETag)
     GET  /health, GET /model no key needed
     GET  /metrics            Prometheus metrics (model/server/metrics.py), no key needed
     POST /api/altus-ds-1/models/call-model   the workshop's CDSW shape:
@@ -27,14 +29,23 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, Unauthorized, UnsupportedMediaType
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    NotFound,
+    RequestEntityTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 
 import contract
 from contract import N_SENSORS, SENSOR_FIELDS, FeatureError, clip, parse_feature_string, show, validate_features
+from model.edge_model import find_artifact
 from model.server import metrics
 from model.server.scoring import ModelHolder
 from model.wire import ARROW_STREAM, StreamError, StreamTooLarge, read_columns, results_to_ipc
@@ -329,6 +340,21 @@ def reload_model():
         current_app.logger.exception("model reload failed")
         return jsonify(error=f"reload failed, still serving the previous model: {exc}", status=500), 500
     return jsonify(reloaded=True, model=asdict(info))
+
+
+@bp.get("/model/versions/<int:version>/onnx")
+@require_key
+def model_artifact(version: int):
+    """An approved version's ONNX export. Only approved versions are exported, so any other version is a 404."""
+    artifact = find_artifact(version, Path(current_app.config["MODEL_ONNX_DIR"]))
+    if artifact is None:
+        raise NotFound(f"model version {version} has no ONNX export: only approved versions have one "
+                       f"(python -m model approve {version})")
+    response = send_file(artifact.path, mimetype="application/octet-stream", conditional=True,
+                         etag=artifact.sha256, max_age=0, download_name=f"iot-model-v{version}.onnx")
+    response.headers["X-Content-SHA256"] = artifact.sha256
+    response.headers["X-Model-Version"] = str(version)
+    return response
 
 
 @bp.post("/api/altus-ds-1/models/call-model")
