@@ -8,8 +8,11 @@ Starts `python -m model serve` (gunicorn, 1 worker, 4 threads) on a free loopbac
   - in-process: scikit-learn's predict on one core, and the server's own scoring function (which splits large
     batches across cores) called directly: the ceiling the HTTP figures are compared with;
   - batch over HTTP: rows/s per batch size, Arrow IPC and JSON, including the client's encoding and decoding;
-  - single calls: p50/p99 latency of POST /predict with the workshop's feature string.
-Checks that the server's answers equal in-process predict on every held-out row.
+  - single calls: p50/p99 latency of POST /predict with the workshop's feature string;
+  - the edge path: the same model exported to ONNX (model/edge_model.py) and scored one reading at a time by an
+    ONNX Runtime session on one thread, as an edge agent (python -m edge) scores each reading: p50/p99.
+Checks that the server's answers equal in-process predict on every held-out row, and reports the share of rows on
+which the ONNX export's verdict differs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from contract import format_feature_string
 from model import client
+from model.edge_model import check_parity, onnx_scores, onnx_session, to_onnx
 from model.registry import load_served_model, model_path
 from model.server.scoring import ModelHolder
 from model.train import held_out_split
@@ -108,11 +112,29 @@ def main(argv: list[str] | None = None) -> None:
         l50, l99 = np.percentile(local_latencies, [50, 99]) * 1000
         print(f"\nsingle /predict calls ({args.single_calls:,}): p50 {p50:.2f} ms, p99 {p99:.2f} ms "
               f"(in-process predict of one row: p50 {l50:.2f} ms, p99 {l99:.2f} ms)")
+        report_edge_path(pipeline, rows, args.single_calls, p50, p99)
         print("answers: equal to scikit-learn's predict on every held-out row, in-process and over HTTP")
     finally:
         session.close()
         server.terminate()
         server.wait(timeout=30)
+
+
+def report_edge_path(pipeline, rows: np.ndarray, calls: int, http_p50_ms: float, http_p99_ms: float) -> None:
+    """Single-reading latency of the ONNX export in ONNX Runtime (the edge agent's path) against the HTTP path."""
+    onnx_bytes = to_onnx(pipeline)
+    session = onnx_session(onnx_bytes)
+    latencies = []
+    for row in rows[:calls].astype(np.float32):
+        start = time.perf_counter()
+        onnx_scores(session, row.reshape(1, -1))
+        latencies.append(time.perf_counter() - start)
+    e50, e99 = np.percentile(latencies, [50, 99]) * 1000
+    parity = check_parity(pipeline, onnx_bytes, rows)
+    print(f"edge: ONNX Runtime, one reading at a time ({calls:,}): p50 {e50:.3f} ms, p99 {e99:.3f} ms; "
+          f"{http_p50_ms / e50:.0f}x faster than /predict at p50, {http_p99_ms / e99:.0f}x at p99 "
+          f"({len(onnx_bytes) / 1e6:.1f} MB model)")
+    print(f"edge parity with scikit-learn on the held-out rows: {parity.summary()}")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 Usage:
     python -m model.train --num-trees 20 --max-depth 20            # the workshop's first run
-    python -m model.train --num-trees 25 --max-depth 20 --promote  # ... and serve its model
+    python -m model.train --num-trees 25 --max-depth 20 --promote  # ... approve it as you and serve it
 
-Prints auroc and ap on the held-out split (computed from predicted probabilities); the run, with its params,
-metrics and model, appears in MLflow (`make mlflow-ui`).
+Prints auroc and ap on the held-out split (computed from predicted probabilities) and the run's version in the
+MLflow Model Registry (`iot-failure-model`), pending approval (`python -m model approve N`); the run, with its
+params, metrics and model, appears in MLflow (`make mlflow-ui`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sklearn.pipeline import Pipeline
 
 from contract import FEATURES, HEALTHY, LABEL
 from model.data import HISTORY_FILE, load_history
-from model.registry import promote, tell_server_to_reload, use_tracking_store
+from model.registry import REGISTERED_MODEL, register, tell_server_to_reload, use_tracking_store
 
 DEFAULT_SEED = 42
 DEFAULT_TEST_SIZE = 0.25
@@ -38,7 +39,10 @@ class Split:
 
 @dataclass(frozen=True)
 class RunResult:
+    """One trained run and its version in the Model Registry (pending approval)."""
+
     run_id: str
+    version: int
     num_trees: int
     max_depth: int
     auroc: float
@@ -75,8 +79,8 @@ def evaluate(pipeline: Pipeline, split: Split) -> dict[str, float]:
 
 def train(num_trees: int, max_depth: int, seed: int = DEFAULT_SEED, split: Split | None = None,
           build: Callable[[int, int, int], Pipeline] = build_pipeline) -> RunResult:
-    """Fit, evaluate and log one run to MLflow (params, metrics, model); `build(num_trees, max_depth, seed)` makes
-    the pipeline (lab 2 passes its own copy)."""
+    """Fit, evaluate and log one run to MLflow (params, metrics, model) and register its model as a new version,
+    pending approval; `build(num_trees, max_depth, seed)` makes the pipeline (lab 2 passes its own copy)."""
     split = split or held_out_split(seed)
     mlflow = use_tracking_store()
     with mlflow.start_run(run_name=f"rf-{num_trees}-{max_depth}") as run:
@@ -88,8 +92,9 @@ def train(num_trees: int, max_depth: int, seed: int = DEFAULT_SEED, split: Split
         mlflow.log_params({"num_trees": num_trees, "max_depth": max_depth, "seed": seed,
                            "train_rows": len(split.y_train), "test_rows": len(split.y_test)})
         mlflow.log_metrics(metrics)
-        mlflow.sklearn.log_model(pipeline, name="model", serialization_format="cloudpickle")
-    return RunResult(run.info.run_id, num_trees, max_depth, metrics["auroc"], metrics["ap"],
+        logged = mlflow.sklearn.log_model(pipeline, name="model", serialization_format="cloudpickle")
+        version = register(logged.model_uri)
+    return RunResult(run.info.run_id, version, num_trees, max_depth, metrics["auroc"], metrics["ap"],
                      metrics["ap_failure"])
 
 
@@ -98,15 +103,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-trees", type=int, required=True, help="trees in the forest (the workshop: 20)")
     parser.add_argument("--max-depth", type=int, required=True, help="maximum tree depth (the workshop: 20)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
-    parser.add_argument("--promote", action="store_true", help="serve this run's model afterwards")
+    parser.add_argument("--promote", action="store_true",
+                        help="then approve its version as you and serve it (the stack's first model, the labs)")
     args = parser.parse_args(argv)
     result = train(args.num_trees, args.max_depth, args.seed)
     print(f"run {result.run_id}: num_trees={result.num_trees} max_depth={result.max_depth} "
           f"auroc={result.auroc:.4f} ap={result.ap:.4f}")
-    if args.promote:
-        info = promote(result.run_id)
-        print(f"promoted run {info.run_id} as served model version {info.version}")
-        print(tell_server_to_reload())
+    print(f"registered as {REGISTERED_MODEL} version {result.version}, pending approval")
+    if not args.promote:
+        print(f"approve it with `python -m model approve {result.version}`, "
+              f"then serve it with `python -m model promote {result.version}`")
+        return
+    from model.approval import approve_and_promote  # here: model.approval imports this module's held-out split
+
+    approval, info = approve_and_promote(result.version)
+    print(approval.summary())
+    print(f"promoted version {info.version} (run {info.run_id}) as the served model")
+    print(tell_server_to_reload())
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,8 @@ import pytest
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from model.registry import promote
+from model.approval import approve_and_promote
+from model.registry import register
 from runtime.kafka import ensure_topic
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, SQL_TABLE
 from runtime.waiting import http_ok, wait_until
@@ -56,20 +56,21 @@ def test_a_different_reading_under_a_stored_key_is_dead_lettered_and_a_replay_is
                  f"cast('2023-11-14 22:13:20' as timestamp)", pipeline.cfg.host, pipeline.cfg.sql_port) == [(2.0,)]
 
 
-def model_server_of_version_2(pipeline, workshop_run, free_ports) -> tuple[subprocess.Popen, str]:
-    """A model server of its own serving the session's model promoted once more (version 2), and its URL."""
-    model_file = pipeline.workdir / "v2" / "iot_model.joblib"
+def model_server_of_a_newer_version(pipeline, workshop_run, free_ports) -> tuple[subprocess.Popen, str, int]:
+    """A model server of its own serving the session's model registered, approved and promoted once more (a newer
+    version than the stack's), its URL and that version."""
+    model_file = pipeline.workdir / "newer" / "iot_model.joblib"
     model_file.parent.mkdir(exist_ok=True)
-    shutil.copy(pipeline.cfg.model_file, model_file)
-    assert promote(workshop_run.run_id, model_file).version == 2
+    version = register(f"runs:/{workshop_run.run_id}/model")
+    assert approve_and_promote(version, path=model_file)[1].version == version > workshop_run.version
     port = free_ports(1)[0]
     env = {**os.environ, "MODEL_ACCESS_KEY": pipeline.secrets["MODEL_ACCESS_KEY"], "MODEL_PATH": str(model_file)}
     server = subprocess.Popen([sys.executable, "-m", "model", "serve", "--host", pipeline.cfg.host, "--port",
                                str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://{pipeline.cfg.host}:{port}"
-    wait_until(lambda: http_ok(f"{url}/health"), 60, "model server v2",
+    wait_until(lambda: http_ok(f"{url}/health"), 60, f"model server of version {version}",
                abort=lambda: "exited" if server.poll() is not None else None)
-    return server, url
+    return server, url, version
 
 
 def test_a_replay_scored_by_a_newer_model_is_a_replay_and_keeps_the_stored_verdicts_version(pipeline, workshop_run,
@@ -86,7 +87,7 @@ def test_a_replay_scored_by_a_newer_model_is_a_replay_and_keeps_the_stored_verdi
             assert pipeline.wait_for_rows(f"sensor_id = {machine}", 1) == 1
         finally:
             pipeline.stop(job)
-        server, url = model_server_of_version_2(pipeline, workshop_run, free_ports)
+        server, url, newer = model_server_of_a_newer_version(pipeline, workshop_run, free_ports)
         dlq = pipeline.end_offsets(DEAD_LETTER_TOPIC)
         job = pipeline.start_job("replay-v2", "--topic", topic, "--model-url", url)  # from the topic's start
         try:
@@ -101,7 +102,7 @@ def test_a_replay_scored_by_a_newer_model_is_a_replay_and_keeps_the_stored_verdi
         admin.close()
     rows = query(f"select model_version from {SQL_TABLE} where sensor_id = {machine} order by sensor_ts",
                  pipeline.cfg.host, pipeline.cfg.sql_port)
-    assert rows == [(1,), (2,)]
+    assert rows == [(workshop_run.version,), (newer,)]
     assert pipeline.records_since(DEAD_LETTER_TOPIC, dlq, lambda r: r.value == replayed, 1, timeout_s=5) == []
     assert "1 already stored" in (pipeline.workdir / "replay-v2.log").read_text()
 

@@ -22,7 +22,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.registry import promote
+from model.approval import approve_and_promote
 from model.server import create_app
 from model.train import train
 from runtime.waiting import http_ok, wait_until
@@ -104,8 +104,8 @@ def test_requests_rows_and_timings_are_counted_by_route_and_status(client, works
     assert inf[(("le", "+Inf"), ("route", "/predict"))] == singles + 1
 
     version, info = served(after)
-    assert version == 1
-    assert info == [{"version": "1", "run_id": workshop_run.run_id,
+    assert version == workshop_run.version
+    assert info == [{"version": str(workshop_run.version), "run_id": workshop_run.run_id,
                      "promoted_at": client.get("/model").json["promoted_at"]}]
 
 
@@ -133,14 +133,15 @@ def test_metrics_need_no_key_and_speak_openmetrics_when_asked(client):
     assert open_metrics.get_data(as_text=True).endswith("# EOF\n")
 
 
-def test_a_reload_changes_the_served_version(client, model_file):
-    assert served(scrape(client))[0] == 1
+def test_a_reload_changes_the_served_version(client, model_file, workshop_run):
+    assert served(scrape(client))[0] == workshop_run.version
     other = train(5, 4)
-    promote(other.run_id, model_file)
+    approve_and_promote(other.version, path=model_file)
     assert client.post("/model/reload", headers=AUTH).status_code == 200
     version, info = served(scrape(client))
-    assert version == 2
-    assert [(labels["version"], labels["run_id"]) for labels in info] == [("2", other.run_id)]  # not version 1
+    assert version == other.version
+    # the new version alone, not the workshop's too
+    assert [(labels["version"], labels["run_id"]) for labels in info] == [(str(other.version), other.run_id)]
 
 
 # ---- gunicorn
@@ -203,7 +204,8 @@ def until(condition: Callable[[], object], what: str) -> object:
     return wait_until(condition, 60, what)
 
 
-def test_gunicorn_workers_add_up_in_one_metrics_page(model_file, free_ports, tmp_path):
+def test_gunicorn_workers_add_up_in_one_metrics_page(model_file, free_ports, tmp_path, workshop_run):
+    version = workshop_run.version
     directory = tmp_path / "metrics"
     directory.mkdir()
     stale_counts(directory)
@@ -229,7 +231,7 @@ def test_gunicorn_workers_add_up_in_one_metrics_page(model_file, free_ports, tmp
             assert of(samples, REQUESTS)[requests("/predict", "POST", 200)] == 1
             assert samples[("iot_model_rows_scored_total", ())] == sent * BATCH_ROWS + 1
             assert samples[("iot_model_scoring_duration_seconds_count", ())] == sent + 1
-            assert served(samples)[0] == 1 and [info["version"] for info in served(samples)[1]] == ["1"]
+            assert served(samples)[0] == version and [info["version"] for info in served(samples)[1]] == [str(version)]
 
         # A worker killed: gunicorn starts another, its counts stay in the sums, its live gauges go.
         workers = {child.pid for child in psutil.Process(server.pid).children()}
@@ -245,7 +247,7 @@ def test_gunicorn_workers_add_up_in_one_metrics_page(model_file, free_ports, tmp
         assert of(samples, REQUESTS)[requests("/predict/batch", "POST", 200)] == sent
         assert of(samples, REQUESTS)[requests("/predict", "POST", 200)] == 2
         assert samples[("iot_model_rows_scored_total", ())] == sent * BATCH_ROWS + 2
-        assert served(samples)[0] == 1
+        assert served(samples)[0] == version
     finally:
         stop(server)
     assert directory.is_dir()  # the operator's directory stays

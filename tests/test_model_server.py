@@ -21,6 +21,7 @@ import pytest
 
 from contract import FEATURES
 from model import wire
+from model.approval import approve, approve_and_promote
 from model.registry import load_served_model, promote
 from model.server import create_app
 from model.train import held_out_split, train
@@ -47,10 +48,10 @@ def client(model_file):
 
 
 @pytest.mark.parametrize("feature, expected", [(HEALTHY_EXAMPLE, 1), (FAILING_EXAMPLE, 0)])
-def test_workshop_examples(client, feature, expected):
+def test_workshop_examples(client, workshop_run, feature, expected):
     response = client.post("/predict", json={"feature": feature}, headers=AUTH)
     assert response.status_code == 200
-    assert response.json == {"result": expected, "model_version": 1}
+    assert response.json == {"result": expected, "model_version": workshop_run.version}
 
 
 @pytest.mark.parametrize("body, message", [
@@ -93,23 +94,24 @@ def test_scoring_needs_the_key(client, headers):
 
 
 def test_health_and_model_need_no_key(client, workshop_run):
-    assert client.get("/health").json == {"status": "ok", "model_version": 1}
+    assert client.get("/health").json == {"status": "ok", "model_version": workshop_run.version}
     info = client.get("/model").json
-    assert info["run_id"] == workshop_run.run_id
+    assert (info["version"], info["run_id"]) == (workshop_run.version, workshop_run.run_id)
+    assert info["approved_by"] and info["approved_at"] <= info["promoted_at"]
     assert info["features"] == list(FEATURES)
     assert info["params"]["num_trees"] == "20" and set(info["metrics"]) >= {"auroc", "ap"}
 
 
-def test_batch_json_and_arrow_equal_in_process_predictions(client, model_file):
+def test_batch_json_and_arrow_equal_in_process_predictions(client, model_file, workshop_run):
     rows = held_out_split().x_test[:5000]
     expected = load_served_model(model_file)[0].predict(rows)
     as_json = client.post("/predict/batch", json={"rows": rows.tolist()}, headers=AUTH)
     assert as_json.status_code == 200
-    assert as_json.json["results"] == expected.tolist() and as_json.json["model_version"] == 1
+    assert as_json.json["results"] == expected.tolist() and as_json.json["model_version"] == workshop_run.version
     as_arrow = client.post("/predict/batch", data=rows_to_ipc(rows), headers={**AUTH, "Content-Type": ARROW_STREAM})
     assert as_arrow.status_code == 200 and as_arrow.mimetype == ARROW_STREAM
     results, version = ipc_to_results(as_arrow.data)
-    assert results.tolist() == expected.tolist() and version == 1
+    assert results.tolist() == expected.tolist() and version == workshop_run.version
 
 
 @pytest.mark.parametrize("body, message", [
@@ -137,11 +139,11 @@ def test_bad_arrow_batches_are_a_400(client):
     assert infinite.status_code == 400 and "row 2, sensor_3" in infinite.json["error"]
 
 
-def test_workshop_cdsw_route_and_shape(client):
+def test_workshop_cdsw_route_and_shape(client, workshop_run):
     ok = client.post("/api/altus-ds-1/models/call-model",
                      json={"accessKey": KEY, "request": {"feature": FAILING_EXAMPLE}})
     assert ok.status_code == 200
-    assert ok.json == {"success": True, "response": {"result": 0, "model_version": 1}}
+    assert ok.json == {"success": True, "response": {"result": 0, "model_version": workshop_run.version}}
     wrong_key = client.post("/api/altus-ds-1/models/call-model",
                             json={"accessKey": "nope", "request": {"feature": FAILING_EXAMPLE}})
     assert wrong_key.status_code == 401 and wrong_key.json["success"] is False
@@ -192,12 +194,13 @@ def test_the_key_is_checked_before_the_body_is_read(client, path, content_type):
     assert response.status_code == 401 and "access key" in response.json["error"]
 
 
-def test_cdsw_route_checks_a_bearer_header_before_the_body_and_accepts_it_as_the_key(client):
+def test_cdsw_route_checks_a_bearer_header_before_the_body_and_accepts_it_as_the_key(client, workshop_run):
     wrong = client.post(CDSW, input_stream=Tripwire(b"{}"), content_type="application/json",
                         headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json["success"] is False
     keyed = client.post(CDSW, json={"request": {"feature": HEALTHY_EXAMPLE}}, headers=AUTH)
-    assert keyed.status_code == 200 and keyed.json == {"success": True, "response": {"result": 1, "model_version": 1}}
+    assert keyed.status_code == 200
+    assert keyed.json == {"success": True, "response": {"result": 1, "model_version": workshop_run.version}}
 
 
 def test_cdsw_route_refuses_a_1_mib_body_without_reading_it(client):
@@ -377,17 +380,17 @@ def test_a_compressed_buffer_declaring_more_than_its_rows_need_is_a_400(client, 
     assert f"100 rows declares {(1 << 40) + 11 * 800:,} bytes" in response.json["error"]
 
 
-def test_health_is_503_while_the_model_cannot_score(client, monkeypatch):
+def test_health_is_503_while_the_model_cannot_score(client, monkeypatch, workshop_run):
     def broken(rows):
         raise RuntimeError("the forest is gone")
 
     monkeypatch.setattr(client.application.extensions["model"].current.pipeline, "predict", broken)
     response = client.get("/health")
     assert response.status_code == 503
-    assert response.json["status"] == "unavailable" and response.json["model_version"] == 1
+    assert response.json["status"] == "unavailable" and response.json["model_version"] == workshop_run.version
     assert "RuntimeError: the forest is gone" in response.json["error"]
     monkeypatch.undo()
-    assert client.get("/health").json == {"status": "ok", "model_version": 1}
+    assert client.get("/health").json == {"status": "ok", "model_version": workshop_run.version}
 
 
 def versions_answered(client) -> set[int]:
@@ -400,24 +403,26 @@ def versions_answered(client) -> set[int]:
             client.post(CDSW, json={"accessKey": KEY, "request": feature}).json["response"]["model_version"]}
 
 
-def test_reload_swaps_the_model_while_requests_keep_being_answered(client, model_file):
+def test_reload_swaps_the_model_while_requests_keep_being_answered(client, model_file, workshop_run):
     other = train(5, 4)
+    approve(other.version, path=model_file)
+    both = (workshop_run.version, other.version)
     errors: list[str] = []
     stop = threading.Event()
-    assert versions_answered(client) == {1}
+    assert versions_answered(client) == {workshop_run.version}
 
     def hammer():
         while not stop.is_set():
             response = client.post("/predict", json={"feature": HEALTHY_EXAMPLE}, headers=AUTH)
             answer = response.json
-            if response.status_code != 200 or answer["result"] not in (0, 1) or answer["model_version"] not in (1, 2):
+            if response.status_code != 200 or answer["result"] not in (0, 1) or answer["model_version"] not in both:
                 errors.append(f"{response.status_code} {response.data[:200]!r}")
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for thread in threads:
         thread.start()
     try:
-        promote(other.run_id, model_file)
+        promote(other.version, model_file)
         reloaded = client.post("/model/reload", headers=AUTH)
     finally:
         stop.set()
@@ -425,16 +430,18 @@ def test_reload_swaps_the_model_while_requests_keep_being_answered(client, model
             thread.join()
     assert reloaded.status_code == 200
     assert reloaded.json["model"]["run_id"] == other.run_id
-    assert client.get("/model").json["version"] == 2
+    assert client.get("/model").json["version"] == other.version
     assert client.get("/model").json["params"]["num_trees"] == "5"
     assert errors == []
-    assert versions_answered(client) == {2}
+    assert versions_answered(client) == {other.version}
 
 
 @pytest.mark.parametrize("arrow", [False, True], ids=["json", "arrow"])
-def test_a_batch_answered_across_a_reload_names_the_model_that_scored_it(client, model_file, monkeypatch, arrow):
+def test_a_batch_answered_across_a_reload_names_the_model_that_scored_it(client, model_file, monkeypatch, arrow,
+                                                                         workshop_run):
     holder = client.application.extensions["model"]
-    promote(train(5, 4).run_id, model_file)
+    other = train(5, 4)
+    approve_and_promote(other.version, path=model_file)
     scoring = holder.current.pipeline
     predict = scoring.predict
 
@@ -447,13 +454,14 @@ def test_a_batch_answered_across_a_reload_names_the_model_that_scored_it(client,
     rows = held_out_split().x_test[:10]
     if arrow:
         answer = client.post("/predict/batch", data=rows_to_ipc(rows), headers=ARROW_AUTH)
-        assert ipc_to_results(answer.data)[1] == 1
+        assert ipc_to_results(answer.data)[1] == workshop_run.version
     else:
-        assert client.post("/predict/batch", json={"rows": rows.tolist()}, headers=AUTH).json["model_version"] == 1
-    assert holder.current.info.version == 2
+        answer = client.post("/predict/batch", json={"rows": rows.tolist()}, headers=AUTH)
+        assert answer.json["model_version"] == workshop_run.version
+    assert holder.current.info.version == other.version
 
 
-def test_real_wsgi_server_on_a_free_port(served_model_file, free_ports):
+def test_real_wsgi_server_on_a_free_port(served_model_file, free_ports, workshop_run):
     port = free_ports(1)[0]
     env = {**os.environ, "MODEL_ACCESS_KEY": KEY, "MODEL_PATH": str(served_model_file)}
     server = subprocess.Popen([sys.executable, "-m", "model", "serve", "--port", str(port)], env=env,
@@ -478,8 +486,8 @@ def test_real_wsgi_server_on_a_free_port(served_model_file, free_ports):
         def post(feature: str, headers: dict) -> tuple[int, dict]:
             return call("/predict", json.dumps({"feature": feature}).encode(), headers)
 
-        assert post(HEALTHY_EXAMPLE, AUTH) == (200, {"result": 1, "model_version": 1})
-        assert post(FAILING_EXAMPLE, AUTH) == (200, {"result": 0, "model_version": 1})
+        assert post(HEALTHY_EXAMPLE, AUTH) == (200, {"result": 1, "model_version": workshop_run.version})
+        assert post(FAILING_EXAMPLE, AUTH) == (200, {"result": 0, "model_version": workshop_run.version})
         status, body = post(FAILING_EXAMPLE, {})
         assert status == 401 and "access key" in body["error"]
         big = json.dumps({"accessKey": KEY, "request": {"feature": HEALTHY_EXAMPLE}, "pad": "x" * (1 << 20)}).encode()
@@ -499,11 +507,11 @@ def test_server_refuses_to_start_without_a_key(served_model_file):
 
 
 @pytest.mark.stack
-def test_make_up_serves_the_model_at_model_url_with_the_generated_key(local_stack):
+def test_make_up_serves_the_model_at_model_url_with_the_generated_key(local_stack, workshop_run):
     settings = read_env_file(local_stack.cfg.connection_file)
     req = urllib.request.Request(f"{settings['MODEL_URL']}/predict", method="POST",
                                  data=json.dumps({"feature": FAILING_EXAMPLE}).encode(),
                                  headers={"Content-Type": "application/json",
                                           "Authorization": f"Bearer {settings['MODEL_ACCESS_KEY']}"})
     with urllib.request.urlopen(req, timeout=10) as response:
-        assert json.load(response) == {"result": 0, "model_version": 1}
+        assert json.load(response) == {"result": 0, "model_version": workshop_run.version}
