@@ -19,6 +19,7 @@ COPY streaming streaming
 COPY model model
 COPY sql sql
 COPY dashboard dashboard
+COPY edge edge
 RUN pip install --no-cache-dir . \
     && mkdir -p /models /checkpoints && chown -R iot /app /models /checkpoints
 # (New named volumes mounted on /models and /checkpoints take over this ownership.)

@@ -5,6 +5,7 @@ and stored beside the served model for the model server to hand out (`GET /model
     parity = check_parity(pipeline, onnx_bytes, split.x_test)      # rows whose verdict differs, largest gap
     artifact = store_artifact(version, onnx_bytes, {"parity": asdict(parity), ...})
     find_artifact(version)                                          # Artifact | None
+    stored_versions()                                               # [1, 3, ...]: the versions with one
 
 Artifacts live in `MODEL_ONNX_DIR`, default `onnx/` beside the served model file: `v<N>.onnx` and `v<N>.json`
 (its sha256, size and whatever the registry recorded: parity, who approved it and when). Both are written
@@ -158,6 +159,18 @@ def find_artifact(version: int, directory: Path | None = None) -> Artifact | Non
     if not model_file.exists():
         return None
     return Artifact(version, model_file, meta["sha256"], meta["size_bytes"], meta)
+
+
+def stored_versions(directory: Path | None = None) -> list[int]:
+    """The versions that have a whole artifact (model and metadata) in `directory` (default artifacts_dir()),
+    oldest first."""
+    directory = directory or artifacts_dir()
+    found = []
+    for meta_file in directory.glob("v*.json"):
+        number = meta_file.stem[1:]
+        if number.isascii() and number.isdigit() and find_artifact(int(number), directory) is not None:
+            found.append(int(number))
+    return sorted(found)
 
 
 def remove_artifact(version: int, directory: Path | None = None) -> None:

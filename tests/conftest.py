@@ -7,6 +7,7 @@ by name and never imports another test file (quix-streams' layout). Kafka helper
 - kafka_records: `produce_keyed`
 - kudu_rows: `kudu_row_count`, `insert_reading`
 - drill_results: `drill_results` and the drills' table at the end of the run
+- edge: `edge_services` (Mosquitto and the model server alone), `edge_models`, `edge_watch`, `edge_agents`
 """
 
 from __future__ import annotations
@@ -24,5 +25,6 @@ pytest_plugins = [
     "tests.fixtures.kafka_records",
     "tests.fixtures.kudu_rows",
     "tests.fixtures.drill_results",
+    "tests.fixtures.edge",
 ]
 

@@ -5,7 +5,8 @@ Run it behind gunicorn (what `make up` does):
     MODEL_ACCESS_KEY=... python -m model serve --host 127.0.0.1 --port 8000
 
 Routes (see model/server/api.py): POST /predict, POST /predict/batch (JSON or Arrow IPC), POST /model/reload,
-GET /health, GET /model, GET /metrics (Prometheus, see model/server/metrics.py), and the workshop's CDSW route
+GET /health, GET /model, GET /metrics (Prometheus, see model/server/metrics.py), GET /model/versions/<N>/onnx (an
+approved version's ONNX export, for the edge agents), and the workshop's CDSW route
 POST /api/altus-ds-1/models/call-model.
 """
 
