@@ -3,9 +3,12 @@
 Usage:
     python -m model serve [--host 127.0.0.1] [--port 8000] [--threads 4] [--workers 1]  # gunicorn; MODEL_ACCESS_KEY
     python -m model versions [--json]                     # every registered version: its run, figures, approval
-    python -m model approve VERSION [--by NAME]           # approve it; ONNX export, parity, the edge artifact
+    python -m model approve VERSION [--by NAME]           # approve it; ONNX export, parity, the edge artifact,
+                                                          # and a rollout to every edge agent (--no-rollout)
     python -m model reject VERSION [--by NAME] [--reason TEXT]  # reject it (withdraws an approval)
     python -m model promote VERSION | best                # serve an approved version ('best' = highest auroc)
+    python -m model rollout VERSION | served [--canary N] [--agent ID ...]  # send it to the edge agents
+    python -m model rollback [--canary N]                 # send the edge fleet the version before the one it runs
     python -m model info                                  # the served model's metadata
 
 Training registers each run as a version pending approval: `python -m model.train`, the lab-7 grid:
@@ -30,6 +33,8 @@ from model.registry import (
     promote,
     tell_server_to_reload,
 )
+from model.rollout import RolloutError, RolloutSummary, fleet, rollback, rollout
+from runtime.settings import connection_settings
 
 
 def serve(host: str, port: int, threads: int, access_log: bool, workers: int = 1) -> None:
@@ -84,6 +89,17 @@ def _version_or_best(text: str) -> int | str:
     return text if text == "best" else _version(text)
 
 
+def _version_or_served(text: str) -> int | str:
+    return "served" if text == "served" else _version(text)
+
+
+def _rollout_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--canary", type=int, default=0, metavar="N",
+                         help="the first N agents (sorted by id) first, the rest only if all N succeed (default 0)")
+    command.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                         help="seconds to wait for each wave's agents to report (default 60)")
+
+
 def _serve(args: argparse.Namespace) -> None:
     serve(args.host, args.port, args.threads, args.access_log, args.workers)
 
@@ -105,7 +121,41 @@ def _versions(args: argparse.Namespace) -> None:
 def _approve(args: argparse.Namespace) -> None:
     from model.approval import approve
 
-    print(approve(args.version, args.by).summary())
+    approval = approve(args.version, args.by)
+    print(approval.summary())
+    if approval.artifact is None or not args.rollout:
+        return
+    settings = connection_settings()
+    if not settings.get("MQTT_HOST"):
+        print("no MQTT_HOST known (.stack/connection.env): no rollout to the edge; "
+              f"`python -m model rollout {args.version}` sends it later")
+        return
+    try:
+        known = fleet(settings)
+    except (OSError, TimeoutError) as exc:
+        print(f"the MQTT broker does not answer ({exc}): no rollout; `python -m model rollout {args.version}` "
+              "sends it later")
+        return
+    if not known:
+        print("no edge agents known yet (none has a status on jobs/+/status): nothing to roll out")
+        return
+    _report(rollout(settings, args.version, args.canary, args.timeout))
+
+
+def _rollout(args: argparse.Namespace) -> None:
+    version = load_served_model()[1].version if args.version == "served" else args.version
+    _report(rollout(connection_settings(), version, args.canary, args.timeout, agents=args.agent))
+
+
+def _rollback(args: argparse.Namespace) -> None:
+    _report(rollback(connection_settings(), args.canary, args.timeout))
+
+
+def _report(summary: RolloutSummary) -> None:
+    succeeded = sum(state == "SUCCEEDED" for state in summary.states.values())
+    print(f"job {summary.job_id}: model v{summary.version} runs on {succeeded} of {len(summary.states)} edge agent(s)")
+    if not summary.ok:
+        sys.exit(1)
 
 
 def _reject(args: argparse.Namespace) -> None:
@@ -148,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "goes to the edge if it scores as scikit-learn does")
     approve_cmd.add_argument("version", type=_version, metavar="VERSION")
     approve_cmd.add_argument("--by", help="who approves (default: you, the user running this)")
+    approve_cmd.add_argument("--no-rollout", dest="rollout", action="store_false",
+                             help="do not send it to the edge agents (default: every agent that has a status)")
+    _rollout_options(approve_cmd)
     approve_cmd.set_defaults(run=_approve)
 
     reject_cmd = commands.add_parser("reject", help="reject a version: withdraws its approval and its edge artifact")
@@ -161,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     promote_cmd.add_argument("version", type=_version_or_best, metavar="VERSION|best")
     promote_cmd.set_defaults(run=_promote)
 
+    rollout_cmd = commands.add_parser("rollout", help="send an approved version's ONNX export to the edge agents "
+                                      "over MQTT and wait until each reports SUCCEEDED or FAILED")
+    rollout_cmd.add_argument("version", type=_version_or_served, metavar="VERSION|served")
+    rollout_cmd.add_argument("--agent", action="append", metavar="ID",
+                             help="this agent (repeatable; default: every agent that has a status)")
+    _rollout_options(rollout_cmd)
+    rollout_cmd.set_defaults(run=_rollout)
+
+    rollback_cmd = commands.add_parser("rollback", help="send the edge fleet the newest approved version older than "
+                                       "the one it runs")
+    _rollout_options(rollback_cmd)
+    rollback_cmd.set_defaults(run=_rollback)
+
     commands.add_parser("info", help="print the served model's metadata").set_defaults(run=_info)
     return parser
 
@@ -169,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (LookupError, PermissionError, FileNotFoundError, ValueError) as exc:
+    except (LookupError, PermissionError, FileNotFoundError, ValueError, RolloutError, ConnectionError,
+            TimeoutError) as exc:
         sys.exit(f"error: {exc}")
 
 
