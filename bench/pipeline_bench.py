@@ -210,7 +210,7 @@ class Pipeline:
         self.job = start_until_up(
             [sys.executable, "-m", "streaming", "--topic", self.topic, "--scoring", self.scoring,
              "--kudu-table", impala_kudu_table_name(SQL_TABLE), "--trigger-seconds", "1", "--no-alerts",
-             "--checkpoint", str(self.workdir / f"checkpoint-{self.scoring}"),
+             "--no-verdicts", "--checkpoint", str(self.workdir / f"checkpoint-{self.scoring}"),
              "--health-file", str(self.workdir / f"job-{self.scoring}.health")],
             self.workdir / f"job-{self.scoring}.health", f"streaming job ({self.scoring})", self.job_log,
             env={**os.environ, **self.settings})

@@ -33,11 +33,11 @@ def start_until_up(command: list[str], health_file: Path, what: str, log: Path |
 def start_gateway(gateway_id: str, workers: int, topic_filter: str, kafka_topic: str,
                   health_file: Path) -> subprocess.Popen:
     """A gateway of the benchmark's own: its MQTT topics into its Kafka topic (the stack's gateway carries the
-    alerts)."""
+    alerts and the edge verdicts)."""
     return start_until_up(
         [sys.executable, "-m", "gateway", "--workers", str(workers), "--gateway-id", gateway_id,
          "--topic-filter", topic_filter, "--share-group", gateway_id, "--kafka-topic", kafka_topic,
-         "--metrics-interval", "3600", "--no-alerts", "--health-file", str(health_file)],
+         "--metrics-interval", "3600", "--no-alerts", "--no-verdicts", "--health-file", str(health_file)],
         health_file, f"gateway {gateway_id}")
 
 

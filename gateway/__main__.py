@@ -1,24 +1,27 @@
-"""Labs 4-6: the gateway. Bridges MQTT `iot/#` into Kafka topic `iot`; bad payloads go to `iot.dlq`. And back:
-forwards the alerts of Kafka `iot.alerts` to MQTT `alerts/<sensor_id>`, retained.
+"""Labs 4-6: the gateway. Bridges MQTT `iot/#` into Kafka topic `iot`, and the edge agents' verdicts of MQTT
+`verdicts/#` into `iot.verdicts`; bad payloads go to `iot.dlq`. And back: forwards the alerts of Kafka `iot.alerts`
+to MQTT `alerts/<sensor_id>`, retained.
 
 Usage:
     python -m gateway                       # settings from the environment or .stack/connection.env
     python -m gateway --workers 2 --gateway-id edge-1   # faster; see the note on order
-    python -m gateway --no-alerts           # readings only: no alerts back to MQTT
+    python -m gateway --no-alerts --no-verdicts         # readings only
 
 Each worker is a process with its own MQTT v5 persistent session (client id `<gateway-id>-<n>`), so the broker
 keeps its messages while it is down. A message is acknowledged over MQTT only after Kafka acknowledged it.
 
-Workers: one (the default) holds a plain subscription and keeps each machine's readings in order into Kafka.
-Several share one subscription `$share/<group>/iot/#`: faster, but the broker hands consecutive readings of one
-machine to different workers, so their order in Kafka may differ from the order sent (nothing is lost or
-duplicated by that; the Kudu key sensor_id + sensor_ts makes order moot there). The broker also keeps handing
+Workers: one (the default) holds plain subscriptions and keeps each machine's readings in order into Kafka.
+Several share them (`$share/<group>/iot/#`, `$share/<group>/verdicts/#`): faster, but the broker hands
+consecutive readings of one machine to different workers, so their order in Kafka may differ from the order sent
+(nothing is lost or duplicated by that; the Kudu keys make order moot there). The broker also keeps handing
 messages to a departed worker's session until it expires (7 days): run the same number of workers after a restart.
 
-Every payload becomes a reading (Kafka `iot`) or a dead letter (`iot.dlq`, with the reason): payloads larger
-than `--max-payload-bytes` or nested deeper than `--max-nesting` included. While Kafka is away the gateway
-acknowledges nothing and waits; it resumes by itself. `--health-file` gets the gateway's state every 2 s (up,
-starting, or degraded with what it waits on), which `make status` shows.
+Every payload becomes a reading (Kafka `iot`), an edge verdict (a message on a topic of `--verdicts-filter`:
+`contract.parse_verdict`, to `--verdicts-topic`, key = sensor_id) or a dead letter (`iot.dlq`, with the reason):
+payloads larger than `--max-payload-bytes` or nested deeper than `--max-nesting` included. `--no-verdicts` drops
+the verdicts subscription. While Kafka is away the gateway acknowledges nothing and waits; it resumes by itself.
+`--health-file` gets the gateway's state every 2 s (up, starting, or degraded with what it waits on), which
+`make status` shows.
 
 Alerts, the other direction: one forwarder per gateway, whatever the number of workers, reads Kafka
 `--alerts-topic` as consumer group `--alerts-group` (isolation read_committed: an aborted transaction's alerts
@@ -26,12 +29,12 @@ never arrive) and publishes each alert on MQTT `alerts/<sensor_id>`, QoS 1, reta
 committing its offset only once the broker acknowledged it; a record that is not an alert goes to the dead-letter
 topic with the reason. The gateway is up only while both directions work. `--no-alerts` turns the forwarder off.
 
-Metrics every `--metrics-interval` seconds and at exit: received, produced, dead-lettered, in flight, rate.
+Metrics every `--metrics-interval` seconds and at exit: received, produced, verdicts, dead-lettered, in flight, rate.
 With `--metrics-port PORT` (or GATEWAY_METRICS_PORT) the gateway also serves them to Prometheus at
 http://127.0.0.1:PORT/metrics (`--metrics-host` to listen elsewhere), summed over its workers:
-iot_gateway_received_total, iot_gateway_produced_total, iot_gateway_dead_lettered_total{reason},
-iot_gateway_in_flight, iot_gateway_kafka_ack_latency_seconds{outcome}, iot_gateway_alerts_forwarded_total,
-iot_gateway_alerts_dead_lettered_total (see gateway/metrics.py).
+iot_gateway_received_total, iot_gateway_produced_total, iot_gateway_verdicts_total{outcome},
+iot_gateway_dead_lettered_total{reason}, iot_gateway_in_flight, iot_gateway_kafka_ack_latency_seconds{outcome},
+iot_gateway_alerts_forwarded_total, iot_gateway_alerts_dead_lettered_total (see gateway/metrics.py).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ from runtime.settings import (
     IOT_TOPIC,
     MQTT_ALERTS_PREFIX,
     MQTT_TOPIC_FILTER,
+    MQTT_VERDICTS_FILTER,
+    VERDICTS_TOPIC,
     connection_settings,
     require,
 )
@@ -72,7 +77,8 @@ SETTINGS = ("MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_B
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway",
-                                     description="Bridge MQTT readings into Kafka, and Kafka alerts back to MQTT.",
+                                     description="Bridge MQTT readings and edge verdicts into Kafka, and Kafka "
+                                                 "alerts back to MQTT.",
                                      epilog=__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=1,
@@ -103,7 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Kafka consumer group of the alerts forwarder (default {DEFAULT_GROUP})")
     parser.add_argument("--no-alerts", action="store_true",
                         help="do not forward alerts (then the gateway is up while it bridges readings alone)")
+    parser.add_argument("--verdicts-filter", default=MQTT_VERDICTS_FILTER,
+                        help=f"MQTT topics of the edge agents' verdicts (default {MQTT_VERDICTS_FILTER})")
+    parser.add_argument("--verdicts-topic", default=VERDICTS_TOPIC,
+                        help=f"Kafka topic of the verdicts (default {VERDICTS_TOPIC})")
+    parser.add_argument("--no-verdicts", action="store_true",
+                        help="do not bridge verdicts (no subscription to --verdicts-filter)")
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options; an argparse error (exit 2) if verdicts would meet readings or dead letters on the way."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.no_verdicts and args.verdicts_filter == args.topic_filter:
+        parser.error(f"argument --verdicts-filter: {args.verdicts_filter!r} is the readings' --topic-filter")
+    if not args.no_verdicts and args.verdicts_topic in (args.kafka_topic, args.dead_letter_topic):
+        parser.error(f"argument --verdicts-topic: {args.verdicts_topic!r} is the --kafka-topic or the "
+                     "--dead-letter-topic")
+    return args
 
 
 def run_worker(settings: GatewaySettings, index: int, ready, reports) -> None:
@@ -191,14 +215,15 @@ def gateway_health(bridge: Health, alerts: Health | None) -> Health:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     host, port, username, password, bootstrap = require(connection_settings(), *SETTINGS)
     settings = GatewaySettings(host, int(port), username, password, bootstrap, args.gateway_id,
                                args.topic_filter, args.share_group, args.kafka_topic, args.dead_letter_topic,
                                args.metrics_interval, args.workers, max_payload_bytes=args.max_payload_bytes,
-                               max_nesting=args.max_nesting)
+                               max_nesting=args.max_nesting, verdicts_filter=args.verdicts_filter,
+                               verdicts_topic=args.verdicts_topic, verdicts=not args.no_verdicts)
     context = mp.get_context("fork")
     # Workers report only when someone wants the reports (a health file, a metrics endpoint), and the parent then
     # reads them all the time (`worker_reports.collect()` below): unread, they would fill the pipe, and a process
@@ -245,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     while subscribed < args.workers and all_alive():
         subscribed += ready.acquire(timeout=0.5)
         worker_reports.collect()
-    logging.getLogger("gateway").info("%d worker(s) subscribed to %s", subscribed, args.topic_filter)
+    logging.getLogger("gateway").info("%d worker(s) subscribed to %s", subscribed,
+                                      " and ".join(settings.subscriptions()[0]))
     try:
         # One worker failing stops the gateway: its unacknowledged messages go back to the broker's queue. So does
         # the alerts forwarder failing: its uncommitted alerts are read again when the supervisor restarts it.

@@ -2,8 +2,9 @@
 
 - A message is acknowledged to the MQTT broker only after Kafka has acknowledged the record made from it, so a
   crash anywhere in between leaves it with the broker, which delivers it again: at least once, never lost.
-- Every payload becomes a record: a reading for `iot`, or a dead letter for `iot.dlq` with the reason
-  (`contract.parse_reading` is total). Nothing raises out of paho's callbacks: its network thread never dies.
+- Every payload becomes a record: a reading for `iot`, an edge verdict for `iot.verdicts` (a message on a topic of
+  the verdicts filter, `verdicts/#`), or a dead letter for `iot.dlq` with the reason (`contract.parse_reading` and
+  `parse_verdict` are total). Nothing raises out of paho's callbacks: its network thread never dies.
 - paho's network thread only checks and hands records over; a sender thread talks to Kafka. While Kafka is away
   the sender waits (kafka-python keeps retrying: no delivery timeout), nothing is acknowledged, and the broker
   stops sending once `receive_maximum` messages are unacknowledged: the backlog waits in Mosquitto's queue for
@@ -11,7 +12,7 @@
 - Health (`health()`): up only while connected, Kafka taking records, and messages (or our own ping, published
   to ourselves through the broker every few seconds) flowing; otherwise degraded, naming what it waits on.
 - Counters (`Counters.snapshot()`, sent to the parent with each health report, served as Prometheus metrics
-  there): received, produced, dead-lettered by reason category, and Kafka's acknowledgement latency.
+  there): received, produced, verdicts, dead-lettered by reason category, and Kafka's acknowledgement latency.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import contextlib
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import paho.mqtt.client as mqtt
 from kafka import KafkaProducer
@@ -48,13 +51,16 @@ from contract import (
     RECEIVED_TS_FIELD,
     SENSOR_FIELDS,
     TS_FIELD,
+    VERDICT_FIELDS,
     InvalidReading,
     clip,
     parse_reading,
+    parse_verdict,
+    verdict_json,
 )
 from runtime.health import Health
 from runtime.retry import Backoff
-from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, MQTT_TOPIC_FILTER
+from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, MQTT_TOPIC_FILTER, MQTT_VERDICTS_FILTER, VERDICTS_TOPIC
 from runtime.waiting import port_open
 
 log = logging.getLogger("gateway")
@@ -74,25 +80,29 @@ STALL_FAIL_S = 120.0
 
 # The `reason` of a dead letter as a metrics label: one of a small fixed set, so that the label's values stay
 # bounded whatever arrives (the full reason, with the offending value, is in the dead letter's `reason` header, never
-# in a label). A contract field names its own category (`sensor_5`: missing, wrong type, out of range, ...); any
-# other field (an extra one, whose name comes from the payload) is `extra_field`; a payload that is not a reading
-# as a whole is `not_json`, `too_large`, `too_deep`, `not_an_object` or `unreadable`; a record Kafka refuses is
-# `kafka_refused`; a message the gateway failed on is `gateway_error`.
+# in a label). A contract field of a reading or of a verdict names its own category (`sensor_5`, `agent_id`:
+# missing, wrong type, out of range, ...); any other field (an extra one, whose name comes from the payload) is
+# `extra_field`; a payload that is not a reading (or verdict) as a whole is `not_json`, `too_large`, `too_deep`,
+# `not_an_object` or `unreadable`; a record Kafka refuses is `kafka_refused`; a message the gateway failed on is
+# `gateway_error`.
 CONTRACT_FIELDS = (ID_FIELD, TS_FIELD, *SENSOR_FIELDS)
 PAYLOAD_FAULTS = (("not JSON", "not_json"), ("payload of ", "too_large"), ("nested deeper than", "too_deep"),
                   ("not a JSON object", "not_an_object"))  # InvalidReading.problem's beginning -> category
-DEAD_LETTER_REASONS = (*CONTRACT_FIELDS, "extra_field", *(category for _, category in PAYLOAD_FAULTS), "unreadable",
-                       "kafka_refused", "gateway_error")
+DEAD_LETTER_REASONS = (*CONTRACT_FIELDS, *(name for name in VERDICT_FIELDS if name not in CONTRACT_FIELDS),
+                       "extra_field", *(category for _, category in PAYLOAD_FAULTS), "unreadable", "kafka_refused",
+                       "gateway_error")
 OUTCOMES = ("produced", "dead_lettered")
+READING, VERDICT = "reading", "verdict"  # what a message is meant to be: by its topic (`GatewaySettings.is_verdict`)
 # Upper bounds of the Kafka acknowledgement latency histogram, in seconds: a few ms when all is well (5 ms linger,
 # acks=all), up to minutes while Kafka is away (records wait, they are never dropped).
 ACK_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-def dead_letter_reason(exc: InvalidReading) -> str:
-    """The category of a contract violation, one of DEAD_LETTER_REASONS (a bounded metrics label)."""
+def dead_letter_reason(exc: InvalidReading, fields: tuple[str, ...] = CONTRACT_FIELDS) -> str:
+    """The category of a contract violation, one of DEAD_LETTER_REASONS (a bounded metrics label); `fields`: those
+    of what the payload was meant to be (a reading's, or VERDICT_FIELDS)."""
     if exc.field is not None:
-        return exc.field if exc.field in CONTRACT_FIELDS else "extra_field"
+        return exc.field if exc.field in fields else "extra_field"
     return next((category for start, category in PAYLOAD_FAULTS if exc.problem.startswith(start)), "unreadable")
 
 
@@ -119,6 +129,46 @@ class GatewaySettings:
     # A dead letter keeps the original payload up to this size (Kafka refuses records over 1 MiB by default);
     # its `payload_bytes` header gives the full size.
     dead_letter_max_bytes: int = 512 * 1024
+    # Edge verdicts: messages on topics of `verdicts_filter` are verdicts for Kafka `verdicts_topic`; `verdicts`
+    # False: no subscription to that filter (and any left in the session is dropped).
+    verdicts_filter: str = MQTT_VERDICTS_FILTER
+    verdicts_topic: str = VERDICTS_TOPIC
+    verdicts: bool = True
+
+    @cached_property
+    def is_verdict(self) -> Callable[[bytes], object]:
+        """Whether (truthy) a raw MQTT topic is one of the verdicts filter's (never with verdicts off)."""
+        return topic_matcher(self.verdicts_filter) if self.verdicts else _never
+
+    def subscriptions(self) -> tuple[list[str], list[str]]:
+        """The filters a worker subscribes to, and those it drops. One worker holds plain subscriptions (Mosquitto
+        queues for it while it is away); several share them (`$share/<group>/<filter>`). A session keeps what it
+        had before, so the other form is dropped (else a change of worker count would deliver everything twice),
+        and so is the verdicts filter when verdicts are off."""
+        wanted, dropped = [], []
+        for topic_filter, on in ((self.topic_filter, True), (self.verdicts_filter, self.verdicts)):
+            shared = f"$share/{self.share_group}/{topic_filter}"
+            form, other = (topic_filter, shared) if self.workers == 1 else (shared, topic_filter)
+            wanted += [form] if on else []
+            dropped += [other] if on else [form, other]
+        return wanted, dropped
+
+
+def _never(_topic: bytes) -> None:
+    return None
+
+
+def topic_matcher(topic_filter: str) -> Callable[[bytes], object]:
+    """Whether (a match, or None) a raw topic (bytes: a topic may be invalid UTF-8) matches the MQTT filter
+    `topic_filter`: `+` one level, a trailing `#` any number of them (none included). For `verdicts/#`, in effect a
+    bytes prefix check (a compiled regular expression: about 0.1 µs)."""
+    levels = topic_filter.encode().split(b"/")
+    multi = levels[-1] == b"#"
+    exact = [rb"[^/]*" if level == b"+" else re.escape(level) for level in (levels[:-1] if multi else levels)]
+    pattern = rb"/".join(exact)
+    if multi:
+        pattern = rb"(?:" + pattern + rb"(?:/.*)?)" if exact else rb".*"
+    return re.compile(pattern, re.S).fullmatch
 
 
 @dataclass(frozen=True)
@@ -135,6 +185,7 @@ class Outgoing:
     connection: int  # which MQTT connection delivered it: an ack is only valid on that one
     not_before: float = 0.0  # monotonic time before which it must not be resent
     reason: str | None = None  # a dead letter's category, one of DEAD_LETTER_REASONS
+    kind: str = READING  # what the message was meant to be: READING or VERDICT
 
 
 class Counters:
@@ -147,6 +198,7 @@ class Counters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.received = self.produced = self.dead_lettered = 0
+        self.verdicts: Counter[str] = Counter()  # messages on verdicts topics, by outcome (dead letters included)
         self.dead_letter_reasons: Counter[str] = Counter()
         # Per outcome: how many acknowledgements fell in each ACK_LATENCY_BUCKETS_S bucket (the last one: beyond
         # all of them), and the latencies' sum.
@@ -157,13 +209,16 @@ class Counters:
         with self.lock:
             setattr(self, name, getattr(self, name) + 1)
 
-    def delivered(self, outcome: str, reason: str | None, latency_s: float | None) -> None:
-        """Kafka acknowledged a record: a reading (`produced`) or a dead letter with its reason category."""
+    def delivered(self, outcome: str, reason: str | None, latency_s: float | None, kind: str = READING) -> None:
+        """Kafka acknowledged a record: a reading or a verdict (`produced`), or a dead letter with its reason
+        category; `kind` says which the message was meant to be."""
         bucket = bisect.bisect_left(ACK_LATENCY_BUCKETS_S, latency_s) if latency_s is not None else None
         with self.lock:
-            if outcome == "produced":
+            if kind == VERDICT:
+                self.verdicts[outcome] += 1
+            elif outcome == "produced":
                 self.produced += 1
-            else:
+            if outcome != "produced":
                 self.dead_lettered += 1
                 self.dead_letter_reasons[reason or "unreadable"] += 1
             if bucket is not None:
@@ -171,23 +226,25 @@ class Counters:
                 self.ack_latency_sum[outcome] += latency_s
 
     def snapshot(self) -> dict:
-        """Everything counted so far, as plain data: {received, produced, dead_lettered: {reason: n},
-        ack_latency: {outcome: {counts: [per bucket, the last beyond ACK_LATENCY_BUCKETS_S], sum}}}."""
+        """Everything counted so far, as plain data: {received, produced (readings), verdicts: {outcome: n},
+        dead_lettered: {reason: n}, ack_latency: {outcome: {counts: [per bucket, the last beyond
+        ACK_LATENCY_BUCKETS_S], sum}}}."""
         with self.lock:
-            return {"received": self.received, "produced": self.produced,
+            return {"received": self.received, "produced": self.produced, "verdicts": dict(self.verdicts),
                     "dead_lettered": dict(self.dead_letter_reasons),
                     "ack_latency": {outcome: {"counts": list(self.ack_latency_counts[outcome]),
                                               "sum": self.ack_latency_sum[outcome]} for outcome in OUTCOMES}}
 
     def as_dict(self) -> dict[str, int]:
-        return {"received": self.received, "produced": self.produced, "dead_lettered": self.dead_lettered}
+        return {"received": self.received, "produced": self.produced, "verdicts": self.verdicts["produced"],
+                "dead_lettered": self.dead_lettered}
 
     def line(self, since: tuple[int, float] | None = None) -> tuple[str, tuple[int, float]]:
         now = time.monotonic()
-        done = self.produced + self.dead_lettered
+        done = self.produced + self.verdicts["produced"] + self.dead_lettered
         rate = (done - since[0]) / (now - since[1]) if since and now > since[1] else 0.0
-        text = (f"received {self.received:,}, produced {self.produced:,}, dead-lettered {self.dead_lettered:,}, "
-                f"in flight {self.received - done:,}, {rate:,.0f} msg/s")
+        text = (f"received {self.received:,}, produced {self.produced:,}, verdicts {self.verdicts['produced']:,}, "
+                f"dead-lettered {self.dead_lettered:,}, in flight {self.received - done:,}, {rate:,.0f} msg/s")
         return text, (done, now)
 
 
@@ -203,7 +260,10 @@ def kafka_answers(bootstrap: str) -> bool:
 
 
 def route(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int) -> Outgoing:
-    """The record a message becomes: a reading for Kafka `iot`, or a dead letter with the reason. Total."""
+    """The record a message becomes: a reading for Kafka `iot`, an edge verdict for `iot.verdicts` (a message on a
+    topic of the verdicts filter, told by its raw bytes: `route_verdict`), or a dead letter with the reason. Total."""
+    if settings.is_verdict(message._topic):
+        return route_verdict(message, settings, connection)
     received_ts = time.time_ns() // 1000
     try:
         reading = parse_reading(message.payload, settings.max_payload_bytes, settings.max_nesting)
@@ -215,10 +275,23 @@ def route(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int)
                     "produced", message.mid, message.qos, connection)
 
 
+def route_verdict(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int) -> Outgoing:
+    """The record a message on a verdicts topic becomes: the edge verdict as the contract writes it, for Kafka
+    `iot.verdicts` (key sensor_id), or a dead letter with the reason. Total."""
+    try:
+        verdict = parse_verdict(message.payload)
+    except InvalidReading as exc:
+        return dead_letter(message, settings, connection, exc.field, str(exc),
+                           category=dead_letter_reason(exc, VERDICT_FIELDS), kind=VERDICT)
+    return Outgoing(settings.verdicts_topic, str(verdict[ID_FIELD]).encode(), verdict_json(verdict), None,
+                    "produced", message.mid, message.qos, connection, kind=VERDICT)
+
+
 def dead_letter(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int, field: str | None,
-                reason: str, received_ts: int | None = None, category: str = "gateway_error") -> Outgoing:
+                reason: str, received_ts: int | None = None, category: str = "gateway_error",
+                kind: str = READING) -> Outgoing:
     """A dead letter: the original payload (up to dead_letter_max_bytes), the reason and the origin in headers;
-    `category` (one of DEAD_LETTER_REASONS) for the metrics."""
+    `category` (one of DEAD_LETTER_REASONS) and `kind` (READING or VERDICT) for the metrics."""
     topic = message._topic.decode("utf-8", "backslashreplace")  # never raises, unlike message.topic
     payload = bytes(message.payload or b"")
     headers = [("reason", as_header(reason)), ("field", as_header(field or "")), ("mqtt_topic", as_header(topic)),
@@ -226,7 +299,7 @@ def dead_letter(message: mqtt.MQTTMessage, settings: GatewaySettings, connection
                ("received_ts", str(received_ts or time.time_ns() // 1000).encode()),
                ("payload_bytes", str(len(payload)).encode())]
     return Outgoing(settings.dead_letter_topic, as_header(topic), payload[: settings.dead_letter_max_bytes], headers,
-                    "dead_lettered", message.mid, message.qos, connection, reason=category)
+                    "dead_lettered", message.mid, message.qos, connection, reason=category, kind=kind)
 
 
 def mqtt_client(settings: GatewaySettings, client_id: str, manual_ack: bool = False) -> mqtt.Client:
@@ -292,16 +365,14 @@ class GatewayWorker:
         self._connection += 1
         self._ping_sent = None  # a ping in flight on the old connection may never come back
         self._mqtt_state(True, f"connected to MQTT {self.settings.mqtt_host}:{self.settings.mqtt_port}")
-        # One worker holds a plain subscription: Mosquitto queues for it while it is away. Several share one
-        # subscription. The session keeps whichever it had before, so the other form is dropped first (else a
-        # change of worker count would deliver everything twice). Retained messages are sent only when the
-        # subscription is new, not again on every reconnect (a retained poison message would return each time).
-        plain = self.settings.topic_filter
-        shared = f"$share/{self.settings.share_group}/{plain}"
-        wanted, other = (plain, shared) if self.settings.workers == 1 else (shared, plain)
+        # Plain or shared subscriptions to the readings' and the verdicts' filters, the other forms dropped first
+        # (GatewaySettings.subscriptions). Retained messages are sent only when a subscription is new, not again on
+        # every reconnect (a retained poison message would return each time).
+        wanted, dropped = self.settings.subscriptions()
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-        client.unsubscribe(other)
-        client.subscribe([(wanted, options), (self.ping_topic, SubscribeOptions(qos=1))])
+        client.unsubscribe(dropped)
+        client.subscribe([*((topic_filter, options) for topic_filter in wanted),
+                          (self.ping_topic, SubscribeOptions(qos=1))])
 
     def _on_disconnect(self, _client, _userdata, _flags, reason, _properties) -> None:
         self._mqtt_state(False, f"disconnected from MQTT ({reason}); reconnecting with backoff")
@@ -394,7 +465,8 @@ class GatewayWorker:
             handed_over = self._pending.pop(id(record), None)
         self._kafka_problem = None
         self._last_progress = now = time.monotonic()
-        self.counters.delivered(record.outcome, record.reason, None if handed_over is None else now - handed_over)
+        self.counters.delivered(record.outcome, record.reason, None if handed_over is None else now - handed_over,
+                                record.kind)
         # An ack is only meaningful on the connection that delivered the message: after a reconnect the broker
         # delivers it again (same session), and that delivery is acknowledged instead.
         if record.qos and record.connection == self._connection and self._connected:

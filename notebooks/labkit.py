@@ -310,7 +310,7 @@ class Needs:
 
 
 ALL_SERVICES = ("mosquitto", "kafka", "kudu-master", "kudu-tserver", "sql", "model", "gateway", "streaming",
-                "dashboard")
+                "edge", "dashboard")
 PIPELINE_SERVICES = ("mosquitto", "kafka", "gateway")
 NEEDS: dict[int, Needs] = {
     1: Needs(ALL_SERVICES),
@@ -324,6 +324,7 @@ NEEDS: dict[int, Needs] = {
     9: Needs(ALL_SERVICES, no_lab_job=True),
     10: Needs(ALL_SERVICES, rows_in_kudu=1000, no_lab_job=True),
     11: Needs(ALL_SERVICES, no_lab_job=True),
+    12: Needs(ALL_SERVICES, no_lab_job=True),
 }
 
 

@@ -9,7 +9,8 @@ PARTITION BY HASH [(columns)] PARTITIONS n, TBLPROPERTIES 'kudu.num_tablet_repli
 would have created, under the name Impala gives it (`impala::<database>.<table>`), and registers `<table>` in
 Spark over it. `DROP TABLE` of such a table drops both, as Impala drops a managed Kudu table, except the stack's
 own `sensors` unless asked. The launcher creates the stack's `sensors` from the same file (`load_sensors_spec`),
-and adds the columns a newer file has to an older table (`add_missing_columns`).
+and adds the columns a newer file has to an older table (`add_missing_columns`); it creates `alerts` and
+`edge_verdicts` the same way (`load_stack_specs`), and the view `edge_agreement` over them (`replace_view`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from runtime.settings import KUDU_TABLE, REPO_ROOT
 
 SENSORS_DDL = REPO_ROOT / "sql" / "create_sensors.sql"
 ALERTS_DDL = REPO_ROOT / "sql" / "create_alerts.sql"
+EDGE_VERDICTS_DDL = REPO_ROOT / "sql" / "create_edge_verdicts.sql"
+EDGE_AGREEMENT_DDL = REPO_ROOT / "sql" / "create_edge_agreement.sql"
 
 # Impala column types and the Kudu types Impala maps them to.
 IMPALA_TO_KUDU = {
@@ -38,6 +41,7 @@ CREATED, EXISTS, DROPPED = "Table has been created.", "Table already exists.", "
 _CREATE = re.compile(r"CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?([\w.]+)\s*\(", re.I)
 _STORED_AS_KUDU = re.compile(r"\bSTORED\s+AS\s+KUDU\b", re.I)
 _DROP = re.compile(r"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?([\w.]+)(?:\s+PURGE)?", re.I)
+_CREATE_VIEW = re.compile(r"CREATE\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?([\w.]+)\s+AS\b", re.I)
 
 
 class KuduDdlError(ValueError):
@@ -194,8 +198,9 @@ def load_sensors_spec() -> KuduTableSpec:
 
 
 def load_stack_specs() -> list[KuduTableSpec]:
-    """The stack's Kudu tables: `sensors` (the lab-9 DDL) and `alerts` (`sql/create_alerts.sql`)."""
-    return [load_sensors_spec(), parse_create(ALERTS_DDL.read_text()).spec]
+    """The stack's Kudu tables: `sensors` (the lab-9 DDL), `alerts` (`sql/create_alerts.sql`) and `edge_verdicts`
+    (`sql/create_edge_verdicts.sql`)."""
+    return [load_sensors_spec(), *(parse_create(ddl.read_text()).spec for ddl in (ALERTS_DDL, EDGE_VERDICTS_DDL))]
 
 
 def sensors_ddl(sql_name: str) -> str:
@@ -249,6 +254,19 @@ def register_in_sql(cur, sql_name: str, kudu_name: str, master: str, replace: bo
         cur.execute(f"DROP TABLE IF EXISTS {sql_name}")
     cur.execute(f"CREATE TABLE {sql_name} USING kudu OPTIONS ("
                 f"'kudu.master' = '{master}', 'kudu.table' = '{kudu_name}')")
+
+
+def replace_view(cur, ddl: Path) -> str:
+    """Create the view of the file `ddl` (one `CREATE VIEW [IF NOT EXISTS] name AS ...`) on cursor `cur`, in place
+    of any older definition (dropped first, so that a newer file's wins); the view's name. A Spark view keeps the
+    query, not the data: its tables may be registered again (`register_in_sql`) and it reads them as they are."""
+    statement = _statement(ddl.read_text())
+    head = _CREATE_VIEW.match(statement)
+    if not head:
+        raise ValueError(f"{ddl}: not one CREATE VIEW [IF NOT EXISTS] <name> AS ... statement")
+    cur.execute(f"DROP VIEW IF EXISTS {head.group(1)}")
+    cur.execute(statement)
+    return head.group(1)
 
 
 def _registered(cur, sql_name: str) -> bool:

@@ -105,6 +105,7 @@ class StackConfig:
     model_port: int = _setting(PORT)
     gateway_metrics_port: int = _setting(PORT)
     streaming_metrics_port: int = _setting(PORT)
+    edge_metrics_port: int = _setting(PORT)
     dashboard_port: int = _setting(PORT)
     lab_port: int = _setting(PORT)
     ready_timeout_s: float = _setting(SECONDS)

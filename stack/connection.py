@@ -22,5 +22,6 @@ def local_stack_settings(cfg: StackConfig, secrets: dict[str, str]) -> dict[str,
         "GATEWAY_METRICS_URL": f"http://{cfg.host}:{cfg.gateway_metrics_port}/metrics",
         "MODEL_METRICS_URL": f"http://{cfg.host}:{cfg.model_port}/metrics",
         "STREAMING_METRICS_URL": f"http://{cfg.host}:{cfg.streaming_metrics_port}/metrics",
+        "EDGE_METRICS_URL": f"http://{cfg.host}:{cfg.edge_metrics_port}/metrics",
         "DASHBOARD_URL": f"http://{cfg.host}:{cfg.dashboard_port}/",
     }

@@ -30,6 +30,9 @@ in the checkpoint.
 A second query (unless --no-alerts; streaming/alerts_query.py) reads `iot.scored`, keeps each machine's state in
 its own checkpoint (`--alerts-checkpoint`) and raises an alert when a machine's verdict changes, debounced (k of the
 last n verdicts: --alert-needed, --alert-window): once into Kudu `alerts`, once into Kafka `iot.alerts`.
+A third (unless --no-verdicts; streaming/verdicts.py) reads the edge agents' verdicts of `iot.verdicts` (checkpoint
+`--verdicts-checkpoint`), checks each with the contract and writes it into Kudu `edge_verdicts` with insert-ignore
+on (sensor_id, sensor_ts, agent_id): a repeat or a replay writes nothing twice; the rest is dead-lettered.
 With --metrics-port the driver serves Prometheus metrics (streaming/metrics.py).
 
 Nothing stops the job for longer than an outage: while the model server, Kudu or Kafka is away, the batch waits
@@ -77,6 +80,7 @@ from streaming.alerts_query import QueryIdentity, alerts_stream, scored_records,
 from streaming.metrics import JobMetrics
 from streaming.options import kafka_options, parse_args
 from streaming.scoring import INPUT_COLUMNS, check_and_score
+from streaming.verdicts import CHECKED_SCHEMA, DEAD, VERDICT, check_verdicts, invalid_records, table_rows
 
 OUTPUT_SCHEMA = StructType([
     StructField("kind", StringType()),
@@ -92,7 +96,7 @@ OUTPUT_SCHEMA = StructType([
     StructField("offset", LongType()),
     StructField("conflict", StringType()),
 ])
-READINGS_QUERY, ALERTS_QUERY = "readings", "alerts"
+READINGS_QUERY, ALERTS_QUERY, VERDICTS_QUERY = "readings", "alerts", "verdicts"
 DATA_LOSS_EXIT = 3
 STUCK_EXIT = 4
 UNPROCESSABLE_AFTER = 5  # failures in a row, none blaming a dependency, before a batch is dead-lettered whole
@@ -100,10 +104,11 @@ log = logging.getLogger("streaming")
 T = TypeVar("T")
 
 
-def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
+def read_kafka(spark: SparkSession, args: argparse.Namespace, topic: str) -> DataFrame:
+    """The records of Kafka `topic` (the readings', or the verdicts'), from the earliest offset on a first run."""
     return (spark.readStream.format("kafka")
             .options(**kafka_options(args))
-            .option("subscribe", args.topic)
+            .option("subscribe", topic)
             .option("startingOffsets", "earliest")
             .option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
             # Kafka's retention deleting unread offsets is loss we cannot undo: stop loudly (the default).
@@ -123,7 +128,7 @@ class JobStatus:
         self.stuck_batch_s = stuck_batch_s
         self.idle_problem: tuple[str, str] | None = None
         self.counters = {"batches": 0, "rows": 0, "dead_lettered": 0, "conflicts": 0, "retries": 0,
-                         "unprocessable_batches": 0}
+                         "unprocessable_batches": 0, "verdicts": 0, "verdicts_dead_lettered": 0}
         self.last_batch_at = time.monotonic()
 
     def set(self, state: str, detail: str, waiting_on: str | None = None) -> None:
@@ -142,6 +147,13 @@ class JobStatus:
             self.counters["conflicts"] += conflicts
             self.state, self.detail, self.waiting_on = "up", detail, None
 
+    def verdicts_done(self, written: int, dead: int) -> None:
+        """A batch of the verdicts query: verdicts written to Kudu, records dead-lettered."""
+        with self.lock:
+            self.counters["verdicts"] += written
+            self.counters["verdicts_dead_lettered"] += dead
+        self.metrics.verdicts_done(written, dead)
+
     def stuck_for(self) -> float:
         """Seconds the running batch has run without waiting on a dependency (0 if none runs or it waits)."""
         started = self.batch_started
@@ -158,11 +170,11 @@ class JobStatus:
 
 
 def dependency_of(exc: BaseException, phase: str) -> str:
-    """Which dependency a failure of `phase` ("score", "kudu", "kafka") points at."""
+    """Which dependency a failure of `phase` ("read", "score", "kudu", "kafka") points at."""
     text = str(exc)
     if "ModelUnavailable" in text:
         return "model"
-    if phase == "score":
+    if phase in ("read", "score"):
         return "kafka" if "kafka" in text.lower() else "spark"
     return phase
 
@@ -339,14 +351,15 @@ def write_kudu(rows: DataFrame, args: argparse.Namespace, operation: str) -> Non
      .option("kudu.operation", operation).mode("append").save())
 
 
-def write_dead_letters(dead: DataFrame, args: argparse.Namespace, kafka: dict[str, str]) -> None:
-    """Dead letters to Kafka: the original value, the reason and where the record came from, in headers."""
+def write_dead_letters(dead: DataFrame, args: argparse.Namespace, kafka: dict[str, str], topic: str) -> None:
+    """Dead letters to Kafka: the original value, the reason and where the record came from (Kafka `topic`), in
+    headers."""
     def header(name: str, value: Column) -> Column:
         return F.struct(F.lit(name).alias("key"), value.cast("string").cast("binary").alias("value"))
 
     (dead.select(F.col("value"), F.array(
         header("reason", F.col("reason")), header("field", F.coalesce(F.col("field"), F.lit(""))),
-        header("source", F.lit("streaming")), header("kafka_topic", F.lit(args.topic)),
+        header("source", F.lit("streaming")), header("kafka_topic", F.lit(topic)),
         header("kafka_partition", F.col("partition")), header("kafka_offset", F.col("offset")),
         header("kind", F.col("dead_kind"))).alias("headers"))
      .write.format("kafka").options(**kafka).option("topic", args.dead_letter_topic).save())
@@ -359,6 +372,13 @@ class BatchContext:
     status: JobStatus
     backoff: Backoff
     kafka_sink: dict[str, str]
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, status: JobStatus) -> BatchContext:
+        """A query's context. What the job writes to Kafka (dead letters, scored readings) is written like the
+        gateway's records: every replica acknowledges, no duplicates on retry."""
+        kafka_sink = {**kafka_options(args), "kafka.acks": "all", "kafka.enable.idempotence": "true"}
+        return cls(args, status, Backoff(args.restart_delay_seconds, args.max_backoff_seconds), kafka_sink)
 
 
 def summarise(scored: DataFrame, batch_id: int, ctx: BatchContext) -> Summary:
@@ -398,7 +418,7 @@ def write_batch_dead_letters(batch: DataFrame, scored: DataFrame, classified: Da
         dead = dead.unionByName(conflicts_with_originals(classified, batch))
     if summary.dead or counts.get("conflict"):
         until_done(ctx.status, "kafka", f"batch {batch_id}: writing dead letters",
-                   lambda: write_dead_letters(dead, ctx.args, ctx.kafka_sink), ctx.backoff)
+                   lambda: write_dead_letters(dead, ctx.args, ctx.kafka_sink, ctx.args.topic), ctx.backoff)
 
 
 def report_batch(status: JobStatus, batch_id: int, summary: Summary, counts: dict[str, int], started: float,
@@ -418,10 +438,7 @@ def report_batch(status: JobStatus, batch_id: int, summary: Summary, counts: dic
 
 def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
     """The foreachBatch function: summarise, write scored, write dead letters, log one line."""
-    # What the job writes to Kafka (dead letters, scored readings) is written like the gateway's records: every
-    # replica acknowledges, no duplicates on retry.
-    kafka_sink = {**kafka_options(args), "kafka.acks": "all", "kafka.enable.idempotence": "true"}
-    ctx = BatchContext(args, status, Backoff(args.restart_delay_seconds, args.max_backoff_seconds), kafka_sink)
+    ctx = BatchContext.of(args, status)
 
     def score(batches):
         return check_and_score(batches, args.model_url, access_key, args.scoring, args.max_payload_bytes,
@@ -438,7 +455,9 @@ def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
             try:
                 summary = summarise(scored, batch_id, ctx)
             except BatchUnprocessable as exc:
-                dead_letter_whole_batch(batch, batch_id, str(exc), args, kafka_sink, status, ctx.backoff)
+                status.metrics.dead.labels("unprocessable").inc(
+                    dead_letter_whole_batch(batch, batch_id, str(exc), args.topic, ctx))
+                status.batch_done(0, 0, 0, f"batch {batch_id} could not be processed; its records were dead-lettered")
                 return
             scoring_s = time.monotonic() - started
             classified, counts = write_scored(spark, scored, summary, batch_id, ctx)
@@ -453,19 +472,18 @@ def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
     return process
 
 
-def dead_letter_whole_batch(batch: DataFrame, batch_id: int, problem: str, args: argparse.Namespace,
-                            kafka: dict[str, str], status: JobStatus, backoff: Backoff) -> None:
-    """Keep every record of a batch that cannot be processed in the dead-letter topic, and go on."""
+def dead_letter_whole_batch(batch: DataFrame, batch_id: int, problem: str, topic: str, ctx: BatchContext) -> int:
+    """Keep every record of a batch of Kafka `topic` that cannot be processed in the dead-letter topic, and go on:
+    how many there were."""
     reason = f"the job could not process this record's batch ({batch_id}): {problem}"
-    log.error("batch %d failed %d times with no dependency to blame (%s): dead-lettering its records", batch_id,
-              UNPROCESSABLE_AFTER, problem)
+    log.error("batch %d of %s failed %d times with no dependency to blame (%s): dead-lettering its records",
+              batch_id, topic, UNPROCESSABLE_AFTER, problem)
     dead = batch.select("value", F.lit(reason).alias("reason"), F.lit("").alias("field"), "partition", "offset",
                         F.lit("unprocessable").alias("dead_kind"))
-    until_done(status, "kafka", f"batch {batch_id}: dead-lettering the whole batch",
-               lambda: write_dead_letters(dead, args, kafka), backoff)
-    status.counters["unprocessable_batches"] += 1
-    status.metrics.dead.labels("unprocessable").inc(batch.count())
-    status.batch_done(0, 0, 0, f"batch {batch_id} could not be processed; its records were dead-lettered")
+    until_done(ctx.status, "kafka", f"batch {batch_id} of {topic}: dead-lettering the whole batch",
+               lambda: write_dead_letters(dead, ctx.args, ctx.kafka_sink, topic), ctx.backoff)
+    ctx.status.counters["unprocessable_batches"] += 1
+    return batch.count()
 
 
 def idle_problem(args: argparse.Namespace) -> tuple[str, str] | None:
@@ -503,7 +521,7 @@ def data_was_lost(message: str) -> bool:
 def start_readings_query(spark: SparkSession, args: argparse.Namespace, access_key: str, status: JobStatus
                          ) -> StreamingQuery:
     """Kafka `iot` -> score -> Kudu (and `iot.scored`), batch by batch (`write_batch`)."""
-    return (read_kafka(spark, args).writeStream.queryName(READINGS_QUERY)
+    return (read_kafka(spark, args, args.topic).writeStream.queryName(READINGS_QUERY)
             .foreachBatch(write_batch(args, access_key, status))
             .option("checkpointLocation", args.checkpoint)
             .trigger(processingTime=f"{args.trigger_seconds} seconds")
@@ -536,6 +554,54 @@ def start_alerts_query(spark: SparkSession, args: argparse.Namespace, status: Jo
     return query
 
 
+def write_verdicts_batch(ctx: BatchContext):
+    """The verdicts query's foreachBatch function: check each record (streaming/verdicts.py), insert-ignore the
+    verdicts into Kudu, dead-letter the rest; a batch that keeps failing with no dependency to blame is
+    dead-lettered whole."""
+    args, status = ctx.args, ctx.status
+
+    def kinds(checked: DataFrame) -> dict[str, int]:
+        return dict(checked.groupBy("kind").count().collect())
+
+    def write_kudu(rows: DataFrame) -> None:
+        (rows.write.format("kudu").option("kudu.master", args.kudu_master)
+         .option("kudu.table", args.edge_verdicts_kudu_table).option("kudu.operation", "insert-ignore")
+         .mode("append").save())
+
+    def process(batch: DataFrame, batch_id: int) -> None:
+        what = f"verdicts batch {batch_id}"
+        checked = batch.mapInPandas(check_verdicts, CHECKED_SCHEMA).persist()
+        try:
+            try:
+                counts = until_done(status, "read", f"{what}: reading and checking", lambda: kinds(checked),
+                                    ctx.backoff, unprocessable_after=UNPROCESSABLE_AFTER)
+            except BatchUnprocessable as exc:
+                status.verdicts_done(0, dead_letter_whole_batch(batch, batch_id, str(exc), args.verdicts_topic, ctx))
+                return
+            if counts.get(VERDICT):
+                until_done(status, "kudu", f"{what}: writing to Kudu", lambda: write_kudu(table_rows(checked)),
+                           ctx.backoff)
+            if counts.get(DEAD):
+                until_done(status, "kafka", f"{what}: writing dead letters", lambda: write_dead_letters(
+                    invalid_records(checked), args, ctx.kafka_sink, args.verdicts_topic), ctx.backoff)
+        finally:
+            checked.unpersist()
+        status.verdicts_done(counts.get(VERDICT, 0), counts.get(DEAD, 0))
+        log.info("%s: %d verdict(s) written (insert-ignore), %d dead-lettered", what, counts.get(VERDICT, 0),
+                 counts.get(DEAD, 0))
+
+    return process
+
+
+def start_verdicts_query(spark: SparkSession, args: argparse.Namespace, status: JobStatus) -> StreamingQuery:
+    """Kafka `iot.verdicts` -> check -> Kudu `edge_verdicts` (and dead letters), batch by batch."""
+    return (read_kafka(spark, args, args.verdicts_topic).writeStream.queryName(VERDICTS_QUERY)
+            .foreachBatch(write_verdicts_batch(BatchContext.of(args, status)))
+            .option("checkpointLocation", args.verdicts_checkpoint)
+            .trigger(processingTime=f"{args.trigger_seconds} seconds")
+            .start())
+
+
 def stop_all(spark: SparkSession, queries: list[StreamingQuery]) -> None:
     """Stop the queries still running, and forget the terminated ones (before they are started again)."""
     for query in queries:
@@ -565,8 +631,9 @@ class ProgressToMetrics(StreamingQueryListener):
 
 
 def run(spark: SparkSession, args: argparse.Namespace, access_key: str, status: JobStatus) -> int:
-    """Start the queries (readings, and alerts unless --no-alerts); after a failure of either, restart both from
-    their checkpoints, with capped backoff, forever. Returns when a query stops without failing."""
+    """Start the queries (readings; alerts and verdicts unless --no-alerts, --no-verdicts); after a failure of any,
+    restart them all from their checkpoints, with capped backoff, forever. Returns when a query stops without
+    failing."""
     backoff = Backoff(args.restart_delay_seconds, args.max_backoff_seconds)
     spark.streams.addListener(ProgressToMetrics(status.metrics))
     while True:
@@ -580,6 +647,10 @@ def run(spark: SparkSession, args: argparse.Namespace, access_key: str, status: 
                 log.info("alerts: %s -> Kafka %s, Kudu %s (k=%d of n=%d; checkpoint %s)", args.scored_topic,
                          args.alerts_topic, args.alerts_kudu_table, args.alert_needed, args.alert_window,
                          args.alerts_checkpoint)
+            if args.verdicts:
+                queries.append(start_verdicts_query(spark, args, status))
+                log.info("verdicts: %s -> Kudu %s (checkpoint %s)", args.verdicts_topic,
+                         args.edge_verdicts_kudu_table, args.verdicts_checkpoint)
             status.set("up", "query running, waiting for the first batch")
             while not spark.streams.awaitAnyTermination(5):
                 quiet = time.monotonic() - status.last_batch_at > 10

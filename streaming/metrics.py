@@ -14,6 +14,9 @@
                                                      last batch: Spark's latest offsets minus its end offsets)
     iot_streaming_lag_seconds                        age of the oldest reading of the last batch when written
     iot_streaming_alerts_total{state}                alerts published (`likely_to_break`, `healthy`)
+    iot_streaming_verdicts_total{outcome}            records of Kafka `iot.verdicts` (the edge agents' verdicts):
+                                                     `written` to Kudu `edge_verdicts` (insert-ignore: a repeat is
+                                                     counted, not stored twice) or `dead_lettered`
 
 The batch function and the query listener only call the methods below; a scrape never waits on the job.
 """
@@ -27,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from contract import STATE_NAMES
 
 DEAD_LETTER_KINDS = ("invalid", "conflict", "unprocessable")
+VERDICT_OUTCOMES = ("written", "dead_lettered")
 DEPENDENCIES = ("model", "kafka", "kudu", "spark")
 SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
@@ -56,12 +60,16 @@ class JobMetrics:
         self.lag = Gauge("iot_streaming_lag_seconds", "age of the oldest reading of the last batch when written",
                          registry=r)
         self.alerts = Counter("iot_streaming_alerts", "alerts published", ["state"], registry=r)
+        self.verdicts = Counter("iot_streaming_verdicts", "edge verdicts written to Kudu (insert-ignore), or records "
+                                "of the verdicts topic dead-lettered", ["outcome"], registry=r)
         for kind in DEAD_LETTER_KINDS:  # every label value present from the start, at 0
             self.dead.labels(kind)
         for dependency in DEPENDENCIES:
             self.failed.labels(dependency)
         for state in STATE_NAMES.values():
             self.alerts.labels(state)
+        for outcome in VERDICT_OUTCOMES:
+            self.verdicts.labels(outcome)
 
     def batch_done(self, rows: int, replayed: int, invalid: int, conflicts: int, scoring_s: float, total_s: float,
                    lag_s: float | None) -> None:
@@ -76,6 +84,11 @@ class JobMetrics:
         self.write.observe(max(total_s - scoring_s, 0.0))
         if lag_s is not None:
             self.lag.set(lag_s)
+
+    def verdicts_done(self, written: int, dead_lettered: int) -> None:
+        """A batch of the verdicts query: verdicts written to Kudu, records dead-lettered."""
+        self.verdicts.labels("written").inc(written)
+        self.verdicts.labels("dead_lettered").inc(dead_lettered)
 
     def progress(self, sources: list) -> None:
         """From a query's progress (its sources' latest and end offsets): the records not read yet."""

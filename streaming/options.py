@@ -25,9 +25,11 @@ from runtime.settings import (
     ALERTS_KUDU_TABLE,
     ALERTS_TOPIC,
     DEAD_LETTER_TOPIC,
+    EDGE_VERDICTS_KUDU_TABLE,
     IOT_TOPIC,
     KUDU_TABLE,
     SCORED_TOPIC,
+    VERDICTS_TOPIC,
     connection_settings,
 )
 from streaming.alerts import DEFAULT_NEEDED, DEFAULT_WINDOW
@@ -188,6 +190,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help=f"n: a machine's state changes when k of its last n verdicts disagree with it (default {DEFAULT_WINDOW})")
     add("--alert-needed", type=_number(int, 1, 1000), default=DEFAULT_NEEDED,
         help=f"k, more than half of n (default {DEFAULT_NEEDED})")
+    add("--verdicts", action=argparse.BooleanOptionalAction, default=True,
+        help="run the verdicts query: the edge agents' verdicts of --verdicts-topic into Kudu "
+             "--edge-verdicts-kudu-table (default); --no-verdicts to leave it out")
+    add("--verdicts-topic", type=topic, default=VERDICTS_TOPIC, help=f"(default {VERDICTS_TOPIC})")
+    add("--edge-verdicts-kudu-table", type=_text("the edge verdicts' Kudu table"), default=EDGE_VERDICTS_KUDU_TABLE,
+        help=f"(default {EDGE_VERDICTS_KUDU_TABLE})")
+    add("--verdicts-checkpoint", type=_text("the verdicts' checkpoint"),
+        help="the verdicts query's checkpoint (default: the checkpoint's path + -verdicts)")
     add("--metrics-host", type=_text("the metrics host"), default=DEFAULT_METRICS_HOST,
         help=f"address of the Prometheus endpoint (default {DEFAULT_METRICS_HOST})")
     add("--metrics-port", type=port_number, default=env.get("STREAMING_METRICS_PORT") or "0",
@@ -215,11 +225,13 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] | None = No
     if 2 * args.alert_needed <= args.alert_window or args.alert_needed > args.alert_window:
         parser.error(f"argument --alert-needed: {args.alert_needed} of --alert-window {args.alert_window}: k must "
                      "be more than half of n, and at most n")
-    topics = [args.topic, args.dead_letter_topic, args.scored_topic, args.alerts_topic]
+    topics = [args.topic, args.dead_letter_topic, args.scored_topic, args.alerts_topic, args.verdicts_topic]
     if len(set(topics)) < len(topics):
         parser.error(f"the topics must differ: --topic {args.topic}, --dead-letter-topic {args.dead_letter_topic}, "
-                     f"--scored-topic {args.scored_topic}, --alerts-topic {args.alerts_topic}")
+                     f"--scored-topic {args.scored_topic}, --alerts-topic {args.alerts_topic}, "
+                     f"--verdicts-topic {args.verdicts_topic}")
     args.alerts_checkpoint = args.alerts_checkpoint or args.checkpoint.rstrip("/") + "-alerts"
+    args.verdicts_checkpoint = args.verdicts_checkpoint or args.checkpoint.rstrip("/") + "-verdicts"
     keys = [key.lower() for key, _ in args.kafka_option]
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:

@@ -59,7 +59,7 @@ def _is_path(value: Path) -> bool:
 # The rules, written out independently of stack/config.py: what a loaded config's values must satisfy.
 PORTS = ("mqtt_port", "kafka_port", "kafka_controller_port", "kudu_master_port", "kudu_master_web_port",
          "kudu_tserver_port", "kudu_tserver_web_port", "sql_port", "model_port", "gateway_metrics_port",
-         "streaming_metrics_port", "dashboard_port", "lab_port")
+         "streaming_metrics_port", "edge_metrics_port", "dashboard_port", "lab_port")
 RULES = {
     **dict.fromkeys(PORTS, lambda v: 1 <= v <= 65535),
     **dict.fromkeys(("kafka_iot_partitions", "kudu_tserver_memory_mb"), lambda v: v >= 1),

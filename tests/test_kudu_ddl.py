@@ -1,5 +1,6 @@
-"""Impala's Kudu DDL in `sql`: the lab-9 DDL's translation, which statements are Kudu DDL, and what a session runs
-for them on Impala and on the Spark Thrift Server (a scripted cursor and Kudu: no services needed)."""
+"""Impala's Kudu DDL in `sql`: the lab-9 DDL's translation, the stack's other tables and its view, which statements
+are Kudu DDL, and what a session runs for them on Impala and on the Spark Thrift Server (a scripted cursor and Kudu:
+no services needed; the view on the real Spark Thrift Server: tests/test_edge_verdicts_job.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ import re
 import pytest
 
 import sql.client
-from contract import TABLE_COLUMNS
-from runtime.settings import KUDU_TABLE, SQL_TABLE
+import streaming.verdicts
+from contract import TABLE_COLUMNS, VERDICT_FIELDS
+from runtime.settings import (
+    ALERTS_KUDU_TABLE,
+    EDGE_AGREEMENT_VIEW,
+    EDGE_VERDICTS_KUDU_TABLE,
+    KUDU_TABLE,
+    SQL_TABLE,
+)
 from sql.client import Session
 from sql.kudu_ddl import (
     CREATED,
     DROPPED,
+    EDGE_AGREEMENT_DDL,
     EXISTS,
     CreateKuduTable,
     DropTable,
@@ -22,8 +31,10 @@ from sql.kudu_ddl import (
     add_missing_columns,
     applies_to,
     load_sensors_spec,
+    load_stack_specs,
     parse_create,
     parse_statement,
+    replace_view,
     sensors_ddl,
 )
 
@@ -45,6 +56,33 @@ def test_lab9_ddl_translates_to_the_kudu_table_impala_would_create():
 
 def test_the_ddl_has_the_contracts_columns_in_order():
     assert tuple(name for name, _ in load_sensors_spec().columns) == TABLE_COLUMNS
+
+
+def test_the_stacks_tables_include_the_edge_verdicts_keyed_by_reading_and_agent():
+    specs = {spec.name: spec for spec in load_stack_specs()}
+    assert set(specs) == {KUDU_TABLE, ALERTS_KUDU_TABLE, EDGE_VERDICTS_KUDU_TABLE}
+    spec = specs[EDGE_VERDICTS_KUDU_TABLE]
+    assert spec.columns == (("sensor_id", "INT32"), ("sensor_ts", "UNIXTIME_MICROS"), ("agent_id", "STRING"),
+                            ("is_healthy", "INT32"), ("model_version", "INT32"), ("scored_ts", "UNIXTIME_MICROS"))
+    assert tuple(name for name, _ in spec.columns) == streaming.verdicts.TABLE_COLUMNS  # what the job writes
+    assert set(streaming.verdicts.TABLE_COLUMNS) == set(VERDICT_FIELDS)
+    assert (spec.primary_key, spec.hash_buckets, spec.replicas) == (("sensor_id", "sensor_ts", "agent_id"), 4, 1)
+
+
+def test_the_view_replaces_an_older_definition_with_the_files():
+    cur = ScriptedCursor("3.5.7")
+    assert replace_view(cur, EDGE_AGREEMENT_DDL) == EDGE_AGREEMENT_VIEW
+    drop, create = cur.executed
+    assert drop == f"DROP VIEW IF EXISTS {EDGE_AGREEMENT_VIEW}"
+    assert create.startswith(f"CREATE VIEW IF NOT EXISTS {EDGE_AGREEMENT_VIEW} AS\nSELECT")
+    assert "--" not in create and not create.endswith(";")
+
+
+def test_a_file_that_is_not_one_view_is_refused_naming_it(tmp_path):
+    ddl = tmp_path / "table.sql"
+    ddl.write_text("-- a table\nCREATE TABLE t AS SELECT 1;")
+    with pytest.raises(ValueError, match=rf"{ddl}: not one CREATE VIEW"):
+        replace_view(ScriptedCursor("3.5.7"), ddl)
 
 
 @pytest.mark.parametrize("ddl, message", ids=["not-kudu", "bad-type", "no-key", "unknown-key", "no-partition",

@@ -1,7 +1,8 @@
 """The gateway's Prometheus metrics and the endpoint every part shares (runtime/metrics.py).
 
 Without services: the dead-letter reason categories (bounded whatever arrives), the sum over workers, the endpoint.
-Against the real Mosquitto and Kafka (`stack`): a two-worker gateway's /metrics after N readings and M dead letters.
+Against the real Mosquitto and Kafka (`stack`): a two-worker gateway's /metrics after N readings, V edge verdicts
+and M dead letters (both filters in shared subscriptions: each message once).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 from prometheus_client.parser import text_string_to_metric_families
 
-from contract import MAX_NESTING, MAX_PAYLOAD_BYTES, SENSOR_FIELDS, InvalidReading, parse_reading
+from contract import MAX_NESTING, MAX_PAYLOAD_BYTES, SENSOR_FIELDS, InvalidReading, parse_reading, verdict_json
 from gateway.__main__ import build_parser
 from gateway.bridge import ACK_LATENCY_BUCKETS_S, DEAD_LETTER_REASONS, Counters, dead_letter_reason
 from gateway.metrics import GatewayMetrics
@@ -244,10 +245,12 @@ def publish_all(cfg, secrets, messages: list[tuple[str, bytes]]) -> None:
 @pytest.mark.stack
 def test_a_two_worker_gateway_reports_what_it_bridged(local_stack, secrets, tmp_path, free_ports):
     cfg = local_stack.cfg
-    topic, dead_topic = "metrics-test", "metrics-test.dlq"  # topics of its own: nothing else reads or writes them
-    for name in (topic, dead_topic):
+    # Topics of its own: nothing else reads or writes them.
+    topic, dead_topic, verdicts_topic = "metrics-test", "metrics-test.dlq", "metrics-test.verdicts"
+    for name in (topic, dead_topic, verdicts_topic):
         ensure_topic(cfg.kafka_bootstrap, name, partitions=2)
-    starts = {name: sum(end_offsets(cfg.kafka_bootstrap, name).values()) for name in (topic, dead_topic)}
+    starts = {name: sum(end_offsets(cfg.kafka_bootstrap, name).values()) for name in (topic, dead_topic,
+                                                                                   verdicts_topic)}
     (port,) = free_ports(1)
     health = tmp_path / "gateway.health"
     env = {**os.environ, "MQTT_HOST": cfg.host, "MQTT_PORT": str(cfg.mqtt_port),
@@ -258,7 +261,7 @@ def test_a_two_worker_gateway_reports_what_it_bridged(local_stack, secrets, tmp_
         [sys.executable, "-m", "gateway", "--workers", "2", "--gateway-id", f"gw-metrics-{time.time_ns()}",
          "--topic-filter", "metrics-test/#", "--share-group", "metrics-test", "--kafka-topic", topic,
          "--dead-letter-topic", dead_topic, "--health-file", str(health), "--max-payload-bytes", "1500000",
-         "--no-alerts"],
+         "--verdicts-filter", "metrics-verdicts/#", "--verdicts-topic", verdicts_topic, "--no-alerts"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
@@ -280,29 +283,37 @@ def test_a_two_worker_gateway_reports_what_it_bridged(local_stack, secrets, tmp_
             "kafka_refused": [variant(blob="x" * 1_200_000)],
         }
         invalid = [(f"metrics-test/{FIRST_ID}", payload) for payloads in dead.values() for payload in payloads]
-        publish_all(cfg, secrets, readings + invalid)
-        n, m = len(readings), len(invalid)
+        verdicts = [(f"metrics-verdicts/{FIRST_ID + i}", verdict_json(
+            {"sensor_id": FIRST_ID + i, "sensor_ts": READING["sensor_ts"], "is_healthy": 1, "model_version": 2,
+             "agent_id": "edge-m", "scored_ts": READING["sensor_ts"]})) for i in range(40)]
+        bad_verdicts = {"not_json": b"{", "sensor_ts": b'{"sensor_id": 1}'}  # reason -> payload
+        publish_all(cfg, secrets, readings + invalid + verdicts
+                    + [(f"metrics-verdicts/{FIRST_ID}", payload) for payload in bad_verdicts.values()])
+        n, v, m = len(readings), len(verdicts), len(invalid) + len(bad_verdicts)
 
         def settled() -> dict | None:
             samples = scrape(url)
-            done = value(samples, "iot_gateway_produced_total") + sum(
+            done = value(samples, "iot_gateway_produced_total") + value(
+                samples, "iot_gateway_verdicts_total", outcome="produced") + sum(
                 by_label(samples, "iot_gateway_dead_lettered_total", "reason").values())
-            return samples if done >= n + m and value(samples, "iot_gateway_in_flight") == 0 else None
+            return samples if done >= n + v + m and value(samples, "iot_gateway_in_flight") == 0 else None
 
-        samples = wait_until(settled, 120, f"{n + m} messages bridged, as the metrics say")
-        assert value(samples, "iot_gateway_received_total") == n + m
+        samples = wait_until(settled, 120, f"{n + v + m} messages bridged, as the metrics say")
+        assert value(samples, "iot_gateway_received_total") == n + v + m
         assert value(samples, "iot_gateway_produced_total") == n
+        assert by_label(samples, "iot_gateway_verdicts_total", "outcome") == {"produced": v, "dead_lettered": 2}
         reasons = by_label(samples, "iot_gateway_dead_lettered_total", "reason")
         assert sum(reasons.values()) == m
         assert {reason: count for reason, count in reasons.items() if count} == {
-            reason: len(payloads) for reason, payloads in dead.items()}
+            reason: len(dead.get(reason, [])) + (reason in bad_verdicts) for reason in {*dead, *bad_verdicts}}
         histogram = "iot_gateway_kafka_ack_latency_seconds"
-        assert value(samples, histogram + "_count", outcome="produced") == n
+        assert value(samples, histogram + "_count", outcome="produced") == n + v
         assert value(samples, histogram + "_count", outcome="dead_lettered") == m
         assert 0 < value(samples, histogram + "_sum", outcome="produced") < n * 10
         # What Kafka holds agrees.
         assert sum(end_offsets(cfg.kafka_bootstrap, topic).values()) - starts[topic] == n
         assert sum(end_offsets(cfg.kafka_bootstrap, dead_topic).values()) - starts[dead_topic] == m
+        assert sum(end_offsets(cfg.kafka_bootstrap, verdicts_topic).values()) - starts[verdicts_topic] == v
     finally:
         os.killpg(gateway.pid, signal.SIGTERM)
         returncode = gateway.wait(timeout=120)

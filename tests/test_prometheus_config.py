@@ -25,7 +25,7 @@ SERVICES = COMPOSE["services"]
 # Our parts that serve metrics on their own endpoint (runtime/metrics.py): `--metrics-host` / `--metrics-port`,
 # the port else from this variable (None: the option only). The model server serves /metrics on its own port.
 METRICS_PORT_VARIABLES = {"gateway": "GATEWAY_METRICS_PORT", "streaming": "STREAMING_METRICS_PORT",
-                          "simulator": None}
+                          "edge": "EDGE_METRICS_PORT", "simulator": None}
 OURS = {*METRICS_PORT_VARIABLES, "model"}
 
 

@@ -118,7 +118,7 @@ def test_where_the_services_are_is_never_guessed(capsys, option, variable):
     (["--alert-needed", "6"], "argument --alert-needed: 6 of --alert-window 5"),
     (["--alert-window", "0"], "argument --alert-window: '0' is out of range"),
     (["--alerts-topic", "iot.scored"], "the topics must differ: --topic iot, --dead-letter-topic iot.dlq, "
-     "--scored-topic iot.scored, --alerts-topic iot.scored"),
+     "--scored-topic iot.scored, --alerts-topic iot.scored, --verdicts-topic iot.verdicts"),
     (["--metrics-port", "65536"], "argument --metrics-port: '65536'"),
 ])
 def test_a_wrong_option_is_refused_by_name_and_value(capsys, argv, says):

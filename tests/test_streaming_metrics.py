@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streaming.metrics import DEAD_LETTER_KINDS, DEPENDENCIES, JobMetrics
+from streaming.metrics import DEAD_LETTER_KINDS, DEPENDENCIES, VERDICT_OUTCOMES, JobMetrics
 
 
 def samples(metrics: JobMetrics) -> dict[tuple[str, tuple], float]:
@@ -22,6 +22,7 @@ def test_every_label_value_is_there_from_the_start_at_zero():
     assert all(seen[("iot_streaming_dead_lettered_total", (("kind", kind),))] == 0 for kind in DEAD_LETTER_KINDS)
     assert all(seen[("iot_streaming_batches_failed_total", (("dependency", d),))] == 0 for d in DEPENDENCIES)
     assert seen[("iot_streaming_alerts_total", (("state", "likely_to_break"),))] == 0
+    assert all(seen[("iot_streaming_verdicts_total", (("outcome", o),))] == 0 for o in VERDICT_OUTCOMES)
 
 
 def test_a_batch_counts_rows_dead_letters_and_times():
