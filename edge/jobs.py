@@ -43,7 +43,8 @@ from contract import (
     show,
 )
 from edge.scoring import BadModel, Scorer, load_model
-from edge.state import AgentState, save_state, sync_directory
+from edge.state import AgentState, save_state
+from runtime.files import sync_directory
 from runtime.retry import Backoff
 
 log = logging.getLogger("edge.jobs")

@@ -11,10 +11,10 @@ runs again (a redelivered retained job is only re-reported).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from runtime.files import write_atomically
 
 STATE_FILE = "state.json"
 MAX_SUCCEEDED = 50  # job ids remembered as done; older ones drop out (job ids are unique per rollout)
@@ -62,26 +62,3 @@ def load_state(state_dir: Path) -> AgentState:
 def save_state(state_dir: Path, state: AgentState) -> None:
     """Replace state.json atomically and durably (a crash leaves the old file or the new one, never half)."""
     write_atomically(state_dir / STATE_FILE, json.dumps(asdict(state), indent=1).encode())
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    sync_directory(path.parent)
-
-
-def sync_directory(directory: Path) -> None:
-    """fsync a directory, so that a rename in it survives a crash."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from contract import N_SENSORS, WORKSHOP_EXAMPLES
+from runtime.files import write_atomically
 from runtime.settings import served_model_file
 
 ONNX_INPUT = "input"
@@ -126,26 +126,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def store_artifact(version: int, onnx_bytes: bytes, meta: dict, directory: Path | None = None) -> Artifact:
     """Keep version `version`'s ONNX model and its metadata (sha256 and size added) for the model server."""
     model_file, meta_file = _paths(version, directory)
     model_file.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(model_file, onnx_bytes)
+    write_atomically(model_file, onnx_bytes)
     full = {**meta, "version": version, "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
             "size_bytes": len(onnx_bytes)}
-    _write_atomically(meta_file, json.dumps(full, indent=2).encode())
+    write_atomically(meta_file, json.dumps(full, indent=2).encode())
     return Artifact(version, model_file, full["sha256"], full["size_bytes"], full)
 
 
