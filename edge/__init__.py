@@ -15,6 +15,8 @@ What it does (the protocol is in `contract`: model jobs, job statuses, verdicts;
   Any failure leaves the previous model scoring. See edge/jobs.py.
 - Each reading on its filter becomes a verdict on `verdicts/<sensor_id>` (QoS 1, contract.verdict_json) once it
   has a model; a payload that is not a reading is counted and logged, never fatal. See edge/scoring.py.
+  Its MQTT session outlives it (24 h) and a reading is acknowledged only once the broker has its verdict: a
+  kill -9 loses no verdict; readings published while it is away are scored when it is back.
 - Its log lines go to stderr and to `logs/<agent_id>` (QoS 0); its health to `--health-file` (up while
   connected and scoring works); Prometheus metrics with `--metrics-port` (edge/metrics.py).
 - Restarted, it scores at once with its last good model (state.json) and resumes an unfinished job (the

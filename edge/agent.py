@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from contract import InvalidReading, clip, job_status_json
@@ -38,6 +40,9 @@ log = logging.getLogger("edge.agent")
 # Scoring latency buckets (seconds): parse, score and hand the verdict to paho.
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 MAX_QUEUED_PUBLISHES = 10_000  # verdicts paho holds for a slow broker before refusing more (counted as dropped)
+# The broker keeps the agent's session (its subscriptions and the readings not yet acknowledged) this long while it
+# is away: a restarted agent scores what arrived meanwhile. A reading is acknowledged only once its verdict is.
+SESSION_EXPIRY_S = 24 * 3600
 INVALID_LOG_EVERY_S = 5.0  # at most one log line per this many seconds about invalid readings
 OWN_PREFIXES = tuple(f"{prefix}/" for prefix in (MQTT_JOBS_PREFIX, MQTT_VERDICTS_PREFIX, MQTT_EDGE_LOGS_PREFIX))
 
@@ -130,7 +135,7 @@ class EdgeAgent:
         self.status_topic = job_status_topic(config.agent_id)
         self.counters = Counters()
         self.scorer = Scorer(config.agent_id)
-        self.client = mqtt_client(settings, f"edge-agent-{config.agent_id}")
+        self.client = mqtt_client(settings, f"edge-agent-{config.agent_id}", manual_ack=True)
         self.client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
         self.client.max_inflight_messages_set(100)
         self.client.on_connect = self._on_connect
@@ -138,6 +143,11 @@ class EdgeAgent:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        # verdict's mid -> (the reading's mid, its QoS, the connection it came on): acknowledged on the verdict's
+        # PUBACK, and only on the connection that delivered it (a mid means another message on a new one).
+        self._unacknowledged: dict[int, tuple[int, int, int]] = {}
+        self._connection = 0
         self.runner: JobRunner | None = None
         self._connected = False
         self._subscribed = False
@@ -171,7 +181,10 @@ class EdgeAgent:
                                 self._publish_status).start()
         log.info("connecting to MQTT %s:%s as agent %s", self.settings["MQTT_HOST"], self.settings["MQTT_PORT"],
                  self.agent_id)
-        self.client.connect_async(self.settings["MQTT_HOST"], int(self.settings["MQTT_PORT"]))
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect_async(self.settings["MQTT_HOST"], int(self.settings["MQTT_PORT"]), clean_start=False,
+                                  properties=properties)
         self.client.loop_start()
         return self
 
@@ -195,6 +208,8 @@ class EdgeAgent:
         if reason.is_failure:
             self._mqtt_state(False, f"the MQTT broker refused the connection: {reason}")
             return
+        self._connection += 1
+        self._unacknowledged.clear()  # the broker delivers those readings again on this connection
         self._mqtt_state(True, "")
         client.subscribe([(self.job_topic, SubscribeOptions(qos=1)),
                           (self.config.readings_filter, SubscribeOptions(qos=1))])
@@ -227,19 +242,31 @@ class EdgeAgent:
         self._subscribed = True
         log.info("ready: subscribed to %s and %s", self.job_topic, self.config.readings_filter)
 
-    def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client, _userdata, message: mqtt.MQTTMessage) -> None:
+        verdict_mid = None
         try:
             if message.topic == self.job_topic:
                 self.runner.offer(message.payload)
             elif not message.topic.startswith(OWN_PREFIXES):  # never score what agents publish themselves
-                self.on_reading(message.topic, message.payload)
+                verdict_mid = self.on_reading(message.topic, message.payload)
         except Exception:  # noqa: BLE001 - one message must never stop the agent
             log.exception("unexpected error handling a message on %s", clip(message.topic))
+        if verdict_mid is None:
+            client.ack(message.mid, message.qos)
+        else:
+            self._unacknowledged[verdict_mid] = (message.mid, message.qos, self._connection)
+
+    def _on_publish(self, client, _userdata, mid, _reason, _properties) -> None:
+        """The broker has a verdict: acknowledge its reading (a kill -9 before this leaves it with the broker)."""
+        reading = self._unacknowledged.pop(mid, None)
+        if reading is not None and reading[2] == self._connection:
+            client.ack(reading[0], reading[1])
 
     # -- readings --
 
-    def on_reading(self, topic: str, payload: bytes) -> None:
-        """Score one reading and publish its verdict (QoS 1); count and log what cannot be scored."""
+    def on_reading(self, topic: str, payload: bytes) -> int | None:
+        """Score one reading and publish its verdict (QoS 1); count and log what cannot be scored. Returns the
+        verdict's message id while the broker has yet to take it (None: nothing to wait for)."""
         counters = self.counters
         began = time.perf_counter()
         try:
@@ -247,23 +274,24 @@ class EdgeAgent:
         except InvalidReading as exc:
             counters.invalid += 1
             self._log_invalid(topic, exc)
-            return
+            return None
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime failed on a valid reading: health shows it
             counters.scoring_errors += 1
             self._scoring_error = f"scoring failed: {type(exc).__name__}: {clip(str(exc), 200)}"
             log.error("%s (reading on %s)", self._scoring_error, clip(topic))
-            return
+            return None
         if scored is None:
             counters.unscored += 1
-            return
+            return None
         info = self.client.publish(scored[0], scored[1], qos=1)
         counters.observe(time.perf_counter() - began)
         counters.scored += 1
+        self._scoring_error = None
         if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued, sent on reconnect
             counters.published += 1
-        else:
-            counters.dropped += 1
-        self._scoring_error = None
+            return info.mid
+        counters.dropped += 1
+        return None
 
     def _log_invalid(self, topic: str, exc: InvalidReading) -> None:
         """One line at most every INVALID_LOG_EVERY_S seconds: the latest invalid reading and how many there were."""

@@ -194,7 +194,7 @@ def poison(sent: dict) -> Callable[[Drill], None]:
     return fault
 
 
-KILLED = ["mosquitto", "kafka", "kudu-master", "kudu-tserver", "sql", "model", "gateway", "streaming"]
+KILLED = ["mosquitto", "kafka", "kudu-master", "kudu-tserver", "sql", "model", "gateway", "streaming", "edge"]
 QUICK = {"gateway", "streaming", "model"}
 MQTT_POISON = [p for p in CORPUS if p.mqtt]
 KAFKA_POISON = [p for p in CORPUS if p.kafka]

@@ -49,7 +49,7 @@ from model.edge_model import to_onnx
 from model.train import build_pipeline, held_out_split
 from runtime.health import read_health
 from runtime.waiting import wait_until
-from tests.fixtures.edge import BAD_MODEL_VERSION, model_job, reading
+from tests.fixtures.edge import BAD_MODEL_VERSION, FIRST_TS, model_job, reading
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HEALTHY, FAILING = 0, 1  # indexes of the workshop examples
@@ -432,6 +432,32 @@ def test_a_restarted_agent_scores_at_once_and_does_not_download_again(edge_servi
     assert any(f"job {job['job_id']} already SUCCEEDED: reporting it again" in line
                for line in watch.logs(agent.agent_id, since))
     assert edge_services.access_log.read_text().count("/model/versions/2/onnx") == downloads
+
+
+def test_a_kill_9_mid_stream_loses_no_verdict(edge_services, edge_models, edge_watch, edge_agents):
+    """The agent's session outlives it and a reading is acknowledged only once its verdict is: readings published
+    around a kill -9 (before, while it is down, after) all get a verdict once it is back."""
+    watch = edge_watch
+    agent = edge_agents.start("kill-stream-1")
+    install(watch, edge_services, agent.agent_id, edge_models[2])
+    machine, readings = 6001, 300
+    since = watch.mark()
+
+    def verdicts() -> set[int]:
+        return {m.json()["sensor_ts"] for m in watch.messages[since:]
+                if m.topic == f"verdicts/{machine}" and m.json()["agent_id"] == agent.agent_id}
+
+    for step in range(readings // 3):
+        watch.publish(f"iot/{machine}", reading(machine, step=step))
+    watch.wait_for(lambda _: len(verdicts()) >= 10, 10, "the first verdicts", since)
+    agent.kill_9()
+    for step in range(readings // 3, 2 * readings // 3):
+        watch.publish(f"iot/{machine}", reading(machine, step=step))
+    edge_agents.start(agent.agent_id)
+    for step in range(2 * readings // 3, readings):
+        watch.publish(f"iot/{machine}", reading(machine, step=step))
+    watch.wait_for(lambda _: len(verdicts()) == readings, 30, f"{readings} distinct verdicts", since)
+    assert verdicts() == {FIRST_TS + step for step in range(readings)}
 
 
 def test_a_newer_job_replaces_one_in_progress(edge_services, edge_models, edge_watch, edge_agents):

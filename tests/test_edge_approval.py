@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from model.registry import NotApproved, promote, version_record
+from model.edge_model import stored_versions
+from model.registry import NotApproved, promote, register, version_record
 from model.train import train
 from runtime.settings import REPO_ROOT
 from tests.fixtures.edge import reading
@@ -20,9 +21,14 @@ pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(scope="module")
-def pending_version() -> int:
-    """A small forest, registered and not yet approved."""
-    return train(5, 5).version
+def pending_version(edge_services) -> int:
+    """A small forest, registered and not yet approved, under a version number that none of the edge fixtures'
+    own artifacts (stored in the same directory as made-up versions 1, 2, 3 and 90) has."""
+    run = train(5, 5)
+    version = run.version
+    while version in stored_versions(edge_services.onnx_dir):
+        version = register(f"runs:/{run.run_id}/model")
+    return version
 
 
 def model_cli(edge_services, *args: str) -> subprocess.CompletedProcess:
