@@ -533,7 +533,7 @@ class EdgeAgent(_PipelineClient):
 
     @property
     def address(self) -> str:
-        return f"mqtt:{self.cfg.mqtt_port} as {self.AGENT_ID}"
+        return f"{self.AGENT_ID}@mqtt:{self.cfg.mqtt_port}"
 
     @property
     def metrics_url(self) -> str:
