@@ -12,7 +12,7 @@ import logging
 import pytest
 
 from contract import parse_model_job
-from model.edge_model import stored_versions
+from model.edge_model import store_artifact, stored_versions
 from model.rollout import (
     NOT_SENT,
     RolloutError,
@@ -53,8 +53,13 @@ def test_nothing_to_roll_back_says_why(running, versions, message):
         previous_version({f"a{n}": {"model_version": v} for n, v in enumerate(running)}, versions)
 
 
-def test_stored_versions_are_those_with_a_whole_artifact(edge_services, edge_models):
-    assert stored_versions(edge_services.onnx_dir) == sorted(edge_models)
+def test_stored_versions_are_those_with_a_whole_artifact(edge_models, tmp_path):
+    for version, artifact in edge_models.items():
+        store_artifact(version, artifact.path.read_bytes(), artifact.meta, tmp_path)
+    (tmp_path / "v7.onnx").write_bytes(b"a model whose metadata was never written")
+    (tmp_path / "v8.json").write_text('{"sha256": "0", "size_bytes": 1}')  # metadata of a model that is gone
+    (tmp_path / "vx.json").write_text("{}")
+    assert stored_versions(tmp_path) == sorted(edge_models)
 
 
 def test_the_fleet_is_every_agent_with_a_status_and_garbage_is_skipped(edge_services, edge_watch, edge_agents,
