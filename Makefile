@@ -6,7 +6,7 @@ PY := .venv/bin/python
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status demo dashboard test drills audit lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab lab-reset compose-secrets compose-e2e
+.PHONY: help setup up up-cluster down status demo dashboard test drills audit lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab lab-reset compose-secrets compose-e2e
 
 # `make lab-reset 9` as well as `make lab-reset N=9`: the words after lab-reset are its argument, not targets.
 ifeq (lab-reset,$(firstword $(MAKECMDGOALS)))
@@ -28,8 +28,11 @@ help: ## list the targets
 setup: ## install everything (apt, .venv, Kafka/Kudu/Spark connectors from Maven Central); idempotent
 	@bash stack/setup.sh
 
-up: setup ## start the local stack on 127.0.0.1 and wait until every service is ready
+up: setup ## start the local stack on 127.0.0.1 and wait until every service is ready (STACK_PROFILE=cluster: the cluster)
 	@$(PY) -m stack up
+
+up-cluster: setup ## the cluster profile: 3 Kafka nodes, 3 Kudu masters + 3 tablet servers, Spark master + 2 workers
+	@STACK_PROFILE=cluster $(PY) -m stack up
 
 down: ## stop the local stack; no process is left behind
 	@if [ -x $(PY) ]; then $(PY) -m stack down; fi

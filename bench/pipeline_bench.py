@@ -63,7 +63,7 @@ from sql.client import cursor, execute
 from sql.kudu_ddl import impala_kudu_table_name, sensors_ddl
 from stack.config import StackConfig, load_config
 from stack.process import PidRecord
-from stack.services import SERVICE_CLASSES
+from stack.services import all_services
 
 SQL_TABLE = "sensors_bench"
 DASHBOARD_OPEN = ", dashboard open"
@@ -239,8 +239,7 @@ class Pipeline:
 def stack_process_groups(cfg: StackConfig) -> dict[str, int]:
     """The stack's brokers and servers (the processes every reading passes through), by name."""
     groups = {}
-    for service_class in SERVICE_CLASSES:
-        service = service_class(cfg)
+    for service in all_services(cfg):
         if service.name in ("gateway", "streaming"):
             continue  # the stack's own, idle during the bench
         record = PidRecord.load(service.pid_file)

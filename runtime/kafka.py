@@ -107,15 +107,17 @@ def read_as_group(bootstrap: str, topic: str, group: str, expected: int, keep: K
 
 
 def ensure_topic(bootstrap: str, name: str, partitions: int = 1, replication: int = 1,
-                 client_id: str = "kafka-python-admin") -> bool:
-    """Create topic `name` unless it exists (an existing topic is left as it is, whatever its partitions); True
-    if this call created it. Once created, it is in the brokers' metadata, a leader for each partition."""
+                 client_id: str = "kafka-python-admin", configs: dict[str, str] | None = None) -> bool:
+    """Create topic `name` (with topic `configs`) unless it exists (an existing topic is left as it is, whatever its
+    partitions); True if this call created it. Once created, it is in the brokers' metadata, a leader for each
+    partition."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
     try:
         if name in admin.list_topics():
             return False
         try:
-            admin.create_topics({name: {"num_partitions": partitions, "replication_factor": replication}},
+            admin.create_topics({name: {"num_partitions": partitions, "replication_factor": replication,
+                                        "configs": configs or {}}},
                                 wait_for_metadata=True)
         except TopicAlreadyExistsError:
             return False  # created meanwhile by someone else

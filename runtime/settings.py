@@ -3,7 +3,9 @@ the connection settings (the environment first, then the stack's `connection.env
 
 The connection variables (written by `make up`; point them at a real cluster to use one):
     MQTT_HOST MQTT_PORT MQTT_USERNAME MQTT_PASSWORD KAFKA_BOOTSTRAP KUDU_MASTER SQL_HOST SQL_PORT MODEL_URL
-    MODEL_ACCESS_KEY
+    MODEL_ACCESS_KEY SPARK_MASTER (and the metrics and dashboard URLs)
+KAFKA_BOOTSTRAP and KUDU_MASTER list every broker / master of a cluster, comma-separated; SPARK_MASTER is where the
+streaming job runs (`local[*]`, or a standalone cluster's `spark://host:port`).
 Where the stack keeps its files: `STACK_DIR` (default `.stack`, relative to the repository), which holds
 `connection.env` and the served model; `STACK_INSTALL_DIR` (default `.stack`) holds the Spark connector cache.
 What every process the project starts gets in its environment unless set there: `ENVIRONMENT_DEFAULTS` (no usage
@@ -53,7 +55,7 @@ ENVIRONMENT_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 CONNECTION_VARIABLES = (
     "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "KAFKA_BOOTSTRAP", "KUDU_MASTER",
     "SQL_HOST", "SQL_PORT", "MODEL_URL", "MODEL_ACCESS_KEY", "GATEWAY_METRICS_URL", "MODEL_METRICS_URL",
-    "STREAMING_METRICS_URL", "EDGE_METRICS_URL", "DASHBOARD_URL",
+    "STREAMING_METRICS_URL", "EDGE_METRICS_URL", "DASHBOARD_URL", "SPARK_MASTER",
 )
 
 

@@ -33,7 +33,6 @@ from stack.config import load_config
 from stack.install import install
 from stack.jupyter import add_lab_arguments, run_lab
 from stack.launcher import Stack, format_status, status_json
-from stack.services import SERVICE_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "unless it is up, what is wrong; exit code 3 unless all are up")):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("services", nargs="*", metavar="SERVICE",
-                         help=f"any of: {', '.join(SERVICE_NAMES)} (default: all)")
+                         help="a service as `status` names it: mosquitto, kafka, kudu-master, kudu-tserver, sql, "
+                              "model, gateway, streaming, edge, dashboard; in the cluster profile kafka-1..3, "
+                              "kudu-master-1..3, kudu-tserver-1..3, spark-master, spark-worker-1..2 instead of "
+                              "kafka and kudu-* (default: all)")
         if name == "status":
             sub.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     commands.add_parser("env", help="print the path of the connection file (source it to use the stack)")

@@ -79,6 +79,12 @@ MEMORY = Rule("a JVM memory size such as 512m or 1g (digits, optionally followed
               lambda v: re.fullmatch(r"[1-9][0-9]*[kmgKMG]?", v) is not None)
 HOST = Rule("an IPv4/IPv6 address or a hostname (letters, digits, dots, hyphens)", _is_host)
 PATH = Rule("a non-empty path without control characters", _is_plain_path)
+PROFILES = ("single", "cluster")
+PROFILE = Rule(f"one of {', '.join(PROFILES)}", lambda v: v in PROFILES)
+# A node's ports are its first node's plus (n - 1) steps: small enough to stay below 65535 from common ports.
+PORT_STEP = Rule("an integer in 1..1000", lambda v: 1 <= v <= 1000)
+CLUSTER_NODES = 3  # Kafka nodes, Kudu masters, Kudu tablet servers in the cluster profile (a quorum of three)
+SPARK_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class StackConfig:
 
     install_dir: Path = _setting(PATH)
     dir: Path = _setting(PATH)
+    profile: str = _setting(PROFILE)
+    cluster_port_step: int = _setting(PORT_STEP)
     host: str = _setting(HOST)
     mqtt_port: int = _setting(PORT)
     mqtt_max_queued_messages: int = _setting(QUEUED_MESSAGES)
@@ -100,6 +108,13 @@ class StackConfig:
     kudu_tserver_port: int = _setting(PORT)
     kudu_tserver_web_port: int = _setting(PORT)
     kudu_tserver_memory_mb: int = _setting(COUNT)
+    spark_master_port: int = _setting(PORT)
+    spark_master_web_port: int = _setting(PORT)
+    spark_worker_port: int = _setting(PORT)
+    spark_worker_web_port: int = _setting(PORT)
+    spark_worker_cores: int = _setting(COUNT)
+    spark_worker_memory: str = _setting(MEMORY)
+    spark_daemon_memory: str = _setting(MEMORY)
     sql_port: int = _setting(PORT)
     sql_driver_memory: str = _setting(MEMORY)
     model_port: int = _setting(PORT)
@@ -163,12 +178,68 @@ class StackConfig:
         return self.install_dir / "ivy"
 
     @property
+    def clustered(self) -> bool:
+        return self.profile == "cluster"
+
+    @property
+    def nodes(self) -> range:
+        """The node numbers of Kafka, the Kudu masters and the Kudu tablet servers: 1 alone, or 1..3."""
+        return range(1, (CLUSTER_NODES if self.clustered else 1) + 1)
+
+    @property
+    def spark_workers(self) -> range:
+        """The Spark standalone workers' numbers (none in the single-node profile: the job runs `local[*]`)."""
+        return range(1, (SPARK_WORKERS if self.clustered else 0) + 1)
+
+    def node_port(self, first: int, node: int) -> int:
+        """Node `node`'s port, for a setting that gives the first node's."""
+        return first + (node - 1) * self.cluster_port_step
+
+    @property
+    def kafka_replication(self) -> int:
+        """Replicas of every topic: each broker holds one."""
+        return len(self.nodes)
+
+    @property
+    def kafka_min_insync_replicas(self) -> int:
+        """With acks=all, a write succeeds once this many replicas have it: 2 of 3 survive the loss of a broker."""
+        return 2 if self.clustered else 1
+
+    @property
+    def kudu_replicas(self) -> int:
+        return len(self.nodes)
+
+    @property
     def kudu_master_address(self) -> str:
-        return f"{self.host}:{self.kudu_master_port}"
+        """Every Kudu master, comma-separated (what a Kudu client is given)."""
+        return ",".join(f"{self.host}:{self.node_port(self.kudu_master_port, n)}" for n in self.nodes)
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        """Every Kafka broker, comma-separated (what a Kafka client is given)."""
+        return ",".join(f"{self.host}:{self.node_port(self.kafka_port, n)}" for n in self.nodes)
+
+    @property
+    def spark_master_url(self) -> str:
+        """Where the streaming job runs: the standalone master, or `local[*]` in the single-node profile."""
+        return f"spark://{self.host}:{self.spark_master_port}" if self.clustered else "local[*]"
+
+    def ports(self) -> dict[str, int]:
+        """Every port this stack listens on, by what listens there (a node's ports included)."""
+        ports: dict[str, int] = {}
+        for field in dataclasses.fields(self):
+            if field.metadata["rule"] is not PORT:
+                continue
+            name, first = field.name, getattr(self, field.name)
+            if name.startswith(("kafka_", "kudu_")) and self.clustered:
+                ports |= {f"{name} of node {n}": self.node_port(first, n) for n in self.nodes}
+            elif name.startswith("spark_worker_") and self.clustered:
+                ports |= {f"{name} of worker {n}": self.node_port(first, n) for n in self.spark_workers}
+            elif name.startswith("spark_") and not self.clustered:
+                continue  # the single-node profile runs no Spark daemon
+            else:
+                ports[name] = first
+        return ports
 
 
 _SHOWN = reprlib.Repr()
@@ -224,14 +295,20 @@ def _refuse_unknown(environ: Mapping[str, str], file_keys: list[str], names: lis
         raise ValueError("\n".join(problems))
 
 
-def _refuse_shared_ports(values: dict[str, object], sources: dict[str, str]) -> None:
-    owners: dict[object, str] = {}
-    for field in dataclasses.fields(StackConfig):
-        if field.metadata["rule"] is PORT:
-            first = owners.setdefault(values[field.name], field.name)
-            if first != field.name:
-                raise ValueError(f"settings {first!r} (from {sources[first]}) and {field.name!r} (from "
-                                 f"{sources[field.name]}) are both port {values[first]}: each needs a port of its own")
+def _refuse_shared_ports(cfg: StackConfig, sources: dict[str, str]) -> None:
+    """ValueError if two listeners would share a port (a cluster node's ports are its first node's plus steps)."""
+    owners: dict[int, str] = {}
+    for name, port in cfg.ports().items():
+        if port > 65535:
+            setting = name.split()[0]
+            raise ValueError(f"setting {setting!r} (from {sources[setting]}) gives {name} port {port}, above 65535: "
+                             f"lower it or cluster_port_step")
+        first = owners.setdefault(port, name)
+        if first != name:
+            raise ValueError(f"'{first}' (from {sources[first.split()[0]]}) and '{name}' (from "
+                             f"{sources[name.split()[0]]}) are both port {port}: each needs a port of its own"
+                             + (" (a cluster node's port is its first node's + n * cluster_port_step)"
+                                if " of " in first + name else ""))
 
 
 def load_config(defaults_file: Path = DEFAULTS_FILE, environ: Mapping[str, str] | None = None) -> StackConfig:
@@ -257,5 +334,6 @@ def load_config(defaults_file: Path = DEFAULTS_FILE, environ: Mapping[str, str] 
         else:
             raise ValueError(f"{defaults_file}: setting {name!r} is missing (or set {env_name})")
         values[name] = _value(field, raw, sources[name])
-    _refuse_shared_ports(values, sources)
-    return StackConfig(**values)
+    cfg = StackConfig(**values)
+    _refuse_shared_ports(cfg, sources)
+    return cfg

@@ -24,4 +24,5 @@ def local_stack_settings(cfg: StackConfig, secrets: dict[str, str]) -> dict[str,
         "STREAMING_METRICS_URL": f"http://{cfg.host}:{cfg.streaming_metrics_port}/metrics",
         "EDGE_METRICS_URL": f"http://{cfg.host}:{cfg.edge_metrics_port}/metrics",
         "DASHBOARD_URL": f"http://{cfg.host}:{cfg.dashboard_port}/",
+        "SPARK_MASTER": cfg.spark_master_url,
     }

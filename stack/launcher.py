@@ -29,6 +29,9 @@ from stack.secrets import ensure_secrets
 from stack.services import Service, Supervisor, all_services
 
 STATES = ("up", "starting", "degraded", "crashed", "crash-looping", "down")
+# What each profile's processes use together, measured under the pipeline bench's load (README, "Running as a
+# cluster"): the figure `status` states beside what is in use.
+PROFILE_MEMORY_GIB = {"single": 4, "cluster": 8}
 
 
 @dataclass(frozen=True)
@@ -181,12 +184,12 @@ class Stack:
         for service in services:
             with service_lock(service):
                 if self.running(service):
-                    self.log(f"  {service.name:<13} already running")
+                    self.log(f"  {service.name:<14} already running")
                     continue
                 self.check_port_free(service)
                 self.clear_leftovers(service)
                 started[service.name] = self.start_process(service, secrets)
-            self.log(f"  {service.name:<13} started (pid {started[service.name].pid})")
+            self.log(f"  {service.name:<14} started (pid {started[service.name].pid})")
         for service in services:
             t0 = time.monotonic()
             wait_until(
@@ -195,7 +198,7 @@ class Stack:
             )
             note = service.initialise(secrets)
             suffix = f"; {note}" if note else ""
-            self.log(f"  {service.name:<13} ready at {service.address} ({time.monotonic() - t0:.1f} s){suffix}")
+            self.log(f"  {service.name:<14} ready at {service.address} ({time.monotonic() - t0:.1f} s){suffix}")
 
     def check_port_free(self, service: Service) -> None:
         if service.listen_port is None:
@@ -226,7 +229,7 @@ class Stack:
                 return
             if is_alive(record) or group_members(record.pid):
                 killed = stop_group(record)
-                self.log(f"  {service.name:<13} " + ("killed (did not stop on SIGTERM)" if killed else "stopped"))
+                self.log(f"  {service.name:<14} " + ("killed (did not stop on SIGTERM)" if killed else "stopped"))
             service.pid_file.unlink(missing_ok=True)
             supervision_file(service).unlink(missing_ok=True)
 
@@ -282,8 +285,17 @@ def format_status(rows: list[ServiceStatus]) -> str:
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join(("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[-1])
-                     .rstrip() for line in lines)
+    table = "\n".join(("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[-1])
+                      .rstrip() for line in lines)
+    return f"{table}\n{memory_in_use(rows)}"
+
+
+def memory_in_use(rows: list[ServiceStatus]) -> str:
+    """The line under the table: what the services shown use together, and what the profile needs."""
+    total = sum(r.rss_bytes for r in rows)
+    return (f"MEMORY  {total / 2**30:.1f} GiB in use by these {sum(1 for r in rows if r.pid)} processes "
+            f"(the single-node profile needs about {PROFILE_MEMORY_GIB['single']} GiB, the cluster profile about "
+            f"{PROFILE_MEMORY_GIB['cluster']} GiB)")
 
 
 def status_json(rows: list[ServiceStatus]) -> str:

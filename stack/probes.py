@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import urllib.request
 
 import paho.mqtt.client as mqtt
 
@@ -62,3 +64,20 @@ def sql_answers(host: str, port: int) -> bool:
         cur = conn.cursor()
         cur.execute("SELECT 1")
         return cur.fetchall() == [(1,)]
+
+
+def kafka_brokers(bootstrap: str) -> list[int]:
+    """The ids of the brokers the cluster's metadata lists as registered and not fenced (taking traffic)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="stack-probe")
+    try:
+        return sorted(broker["broker_id"] for broker in admin.describe_cluster()["brokers"] if not broker["is_fenced"])
+    finally:
+        admin.close()
+
+
+def spark_master_state(web_url: str) -> dict:
+    """The standalone master's state (`status`, `workers` with their `state` and `port`) from its JSON page."""
+    with urllib.request.urlopen(f"{web_url}/json/", timeout=5) as answer:
+        return json.load(answer)

@@ -3,7 +3,8 @@
 Connection settings (KAFKA_BOOTSTRAP, KUDU_MASTER, MODEL_URL, MODEL_ACCESS_KEY) come from the environment or
 .stack/connection.env; job options (see `--help`) are checked here (streaming/options.py: a wrong one exits 2
 before spark-submit starts) and passed through to streaming/kafka_to_kudu.py.
-SPARK_MASTER (default `local[*]`) picks the cluster, e.g. `spark://spark-master:7077` under Compose;
+SPARK_MASTER (a connection setting too; default `local[*]`) picks the cluster, e.g. `spark://spark-master:7077`
+under Compose or `spark://127.0.0.1:7077` in the local stack's cluster profile;
 SPARK_LOCAL_IP (default 127.0.0.1) the driver's address; STACK_INSTALL_DIR (default `.stack`) holds the connector
 cache (`ivy/`).
 """
@@ -28,9 +29,9 @@ def spark_host() -> str:
     return os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
 
 
-def job_command(job_args: list[str]) -> list[str]:
+def job_command(job_args: list[str], master: str = "local[*]") -> list[str]:
     return spark_submit_command(spark_host(), app=[str(JOB), *job_args], packages=connector_packages(),
-                                master=os.environ.get("SPARK_MASTER", "local[*]"), conf={"spark.ui.enabled": "false"})
+                                master=master, conf={"spark.ui.enabled": "false"})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     # not after the JVM has started.
     parse_args(job_args, env={**os.environ, **settings})
     require(settings, *SETTINGS)
-    command = job_command(job_args)
+    command = job_command(job_args, settings.get("SPARK_MASTER", "local[*]"))
     print("$ " + " ".join(shlex.quote(part) for part in command), file=sys.stderr, flush=True)
     env = {**spark_environment(spark_host()), **settings}
     os.execve(command[0], command, env)

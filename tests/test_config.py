@@ -60,13 +60,16 @@ def _is_path(value: Path) -> bool:
 PORTS = ("mqtt_port", "kafka_port", "kafka_controller_port", "kudu_master_port", "kudu_master_web_port",
          "kudu_tserver_port", "kudu_tserver_web_port", "sql_port", "model_port", "gateway_metrics_port",
          "streaming_metrics_port", "edge_metrics_port", "dashboard_port", "lab_port")
+SPARK_PORTS = ("spark_master_port", "spark_master_web_port", "spark_worker_port", "spark_worker_web_port")
 RULES = {
-    **dict.fromkeys(PORTS, lambda v: 1 <= v <= 65535),
-    **dict.fromkeys(("kafka_iot_partitions", "kudu_tserver_memory_mb"), lambda v: v >= 1),
+    **dict.fromkeys(PORTS + SPARK_PORTS, lambda v: 1 <= v <= 65535),
+    **dict.fromkeys(("kafka_iot_partitions", "kudu_tserver_memory_mb", "spark_worker_cores"), lambda v: v >= 1),
+    "profile": lambda v: v in ("single", "cluster"),
+    "cluster_port_step": lambda v: 1 <= v <= 1000,
     "mqtt_max_queued_messages": lambda v: 1 <= v <= 10_000_000,
     "mqtt_max_inflight_messages": lambda v: 1 <= v <= 65535,
     "ready_timeout_s": lambda v: math.isfinite(v) and v > 0,
-    **dict.fromkeys(("kafka_heap", "sql_driver_memory"), _is_memory),
+    **dict.fromkeys(("kafka_heap", "sql_driver_memory", "spark_worker_memory", "spark_daemon_memory"), _is_memory),
     "host": _is_host,
     **dict.fromkeys(("install_dir", "dir"), _is_path),
 }
@@ -142,6 +145,26 @@ def test_two_settings_on_one_port_are_refused():
     with pytest.raises(ValueError, match=r"'kafka_port' \(from .*stack.toml\) and 'sql_port' \(from STACK_SQL_PORT\) "
                                          r"are both port 9092"):
         load_config(environ={"STACK_SQL_PORT": "9092"})
+
+
+def test_the_cluster_profile_lists_every_node_and_refuses_a_node_port_another_setting_has():
+    cfg = load_config(environ={"STACK_PROFILE": "cluster"})
+    assert cfg.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9192,127.0.0.1:9292"
+    assert cfg.kudu_master_address == "127.0.0.1:7051,127.0.0.1:7151,127.0.0.1:7251"
+    assert (cfg.kafka_replication, cfg.kafka_min_insync_replicas, cfg.kudu_replicas) == (3, 2, 3)
+    assert cfg.spark_master_url == "spark://127.0.0.1:7077"
+    assert len(set(cfg.ports().values())) == len(cfg.ports()) == 14 + 6 * 2 + 2 + 2 * 2
+    single = load_config(environ={})
+    assert (single.kafka_bootstrap, single.spark_master_url, single.kafka_min_insync_replicas) == (
+        "127.0.0.1:9092", "local[*]", 1)
+    # kafka-2's port would be 9192: the single-node profile does not use it, the cluster profile does.
+    assert load_config(environ={"STACK_SQL_PORT": "9192"}).sql_port == 9192
+    with pytest.raises(ValueError, match=r"'kafka_port of node 2' \(from .*stack.toml\) and 'sql_port' \(from "
+                                         r"STACK_SQL_PORT\) are both port 9192.*cluster_port_step"):
+        load_config(environ={"STACK_PROFILE": "cluster", "STACK_SQL_PORT": "9192"})
+    with pytest.raises(ValueError, match=r"'profile' \(from STACK_PROFILE\) = 'multi': must be one of single, "
+                                         r"cluster"):
+        load_config(environ={"STACK_PROFILE": "multi"})
 
 
 @pytest.mark.parametrize("variable, message", [

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from stack.config import load_config
 from stack.process import PidRecord, group_members, is_alive
-from stack.services import SERVICE_NAMES as SERVICES
+from stack.services import service_names
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
+SERVICES = service_names(load_config(environ={}))  # the single-node profile's
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
