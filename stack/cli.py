@@ -117,14 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             print(install(cfg, args.installed, args.started_at))
         elif args.command == "up":
             print(f"Starting the local stack in {cfg.dir} ...")
-            print(format_status(stack.up(args.services)))
+            print(format_status(stack.up(args.services), cfg.profile))
             print(f"\nConnection settings: source {cfg.connection_file}")
         elif args.command == "down":
             stack.down(args.services)
-            print(format_status(stack.status(args.services)))
+            print(format_status(stack.status(args.services), cfg.profile))
         elif args.command == "status":
             rows = stack.status(args.services)
-            print(status_json(rows) if args.json else format_status(rows))
+            print(status_json(rows) if args.json else format_status(rows, cfg.profile))
             return 0 if all(r.state == "up" for r in rows) else 3
         elif args.command == "env":
             print(stack.write_connection_file())
