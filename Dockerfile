@@ -21,14 +21,19 @@ COPY sql sql
 COPY dashboard dashboard
 COPY edge edge
 RUN pip install --no-cache-dir . \
-    && mkdir -p /models /checkpoints && chown -R iot /app /models /checkpoints
-# (New named volumes mounted on /models and /checkpoints take over this ownership.)
+    && mkdir -p /models /checkpoints /var/lib/edge && chown -R iot /app /models /checkpoints /var/lib/edge
+# (New named volumes mounted on /models, /checkpoints and /var/lib/edge take over this ownership.)
 USER iot
 
-# spark-submit resolves the Kafka and Kudu connectors (runtime/jvm/pom.xml) from Maven Central into this cache.
+# STACK_INSTALL_DIR: where the job looks for its connector cache (runtime/spark.py, ivy_dir() = $STACK_INSTALL_DIR/ivy).
 ENV SPARK_HOME=/usr/local/lib/python3.11/site-packages/pyspark \
     PYSPARK_PYTHON=python3 \
-    IVY_CACHE=/home/iot/.ivy2
+    STACK_INSTALL_DIR=/home/iot/.stack
+# The Kafka and Kudu connectors (runtime/jvm/pom.xml), resolved into that cache at build time as `make setup` does
+# (stack/install.py: spark-submit --packages, Maven Central only), so that no container downloads them at start.
+RUN echo "print('Spark connectors resolved')" > /tmp/resolve_connectors.py \
+    && python -c "import subprocess; from runtime.spark import connector_packages, spark_environment, spark_submit_command; subprocess.run(spark_submit_command('127.0.0.1', app=['/tmp/resolve_connectors.py'], packages=connector_packages(), master='local[1]', conf={'spark.ui.enabled': 'false'}), env=spark_environment('127.0.0.1'), check=True)" \
+    && rm /tmp/resolve_connectors.py
 # No usage telemetry from any service (runtime/settings.py, ENVIRONMENT_DEFAULTS: the same as the Makefile's).
 ENV MLFLOW_DISABLE_TELEMETRY=true
 CMD ["python", "-m", "gateway", "--help"]
