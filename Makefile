@@ -52,8 +52,8 @@ dashboard: up ## the live dashboard (flow, fleet, alerts; `make up` starts it): 
 test: setup lint ## lint, then the whole test suite against real services (started by the tests themselves)
 	@$(PY) -m pytest -v
 
-drills: setup ## every fault drill (kill -9 of each process, outages, poison), with a results table (~15 min)
-	@DRILL_RESULTS=$${DRILL_RESULTS:-.stack/drills.json} $(PY) -m pytest -v -m drill tests/test_drills.py
+drills: setup ## every fault drill (kill -9 of each process, outages, poison; the cluster's failovers), with a results table (~25 min)
+	@DRILL_RESULTS=$${DRILL_RESULTS:-.stack/drills.json} $(PY) -m pytest -v -m drill tests/test_drills.py tests/test_cluster.py
 
 train: setup ## lab 2: train the workshop's first model (20 trees, depth 20) as an MLflow run
 	@$(PY) -m model.train --num-trees 20 --max-depth 20

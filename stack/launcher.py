@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -218,8 +220,11 @@ class Stack:
             service.wanted_file.unlink(missing_ok=True)
         if not names:
             self._stop(self.supervisor)
-        for service in reversed(chosen):
-            self._stop(service)
+        for _, group in itertools.groupby(reversed(chosen), key=lambda service: service.quorum or service.name):
+            # A quorum's nodes stop together: the last Kafka node alone, without a controller majority, would
+            # wait for one until killed.
+            with ThreadPoolExecutor() as pool:
+                list(pool.map(self._stop, group))
 
     def _stop(self, service: Service) -> None:
         with service_lock(service):

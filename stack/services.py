@@ -55,6 +55,7 @@ class Service:
 
     name = ""
     needs_others_ready = False  # True: start only once every service before it in the order is ready
+    quorum = ""  # the nodes of one quorum (the cluster's Kafka nodes) stop together
 
     def __init__(self, cfg: StackConfig):
         self.cfg = cfg
@@ -193,6 +194,7 @@ class Kafka(Service):
         super().__init__(cfg)
         self.node = node
         self.name = f"kafka-{node}" if cfg.clustered else "kafka"
+        self.quorum = "kafka" if cfg.clustered else ""
         self.port = cfg.node_port(cfg.kafka_port, node)
         self.controller_port = cfg.node_port(cfg.kafka_controller_port, node)
 

@@ -7,6 +7,7 @@ by name and never imports another test file (quix-streams' layout). Kafka helper
 - kafka_records: `produce_keyed`
 - kudu_rows: `kudu_row_count`, `insert_reading`
 - drill_results: `drill_results` and the drills' table at the end of the run
+- drills: `drill_runner` (a steady stream, a fault, the time to recover, an exact reconciliation), and the faults
 - edge: `edge_services` (Mosquitto and the model server alone), `edge_models`, `edge_watch`, `edge_agents`
 """
 
@@ -25,6 +26,7 @@ pytest_plugins = [
     "tests.fixtures.kafka_records",
     "tests.fixtures.kudu_rows",
     "tests.fixtures.drill_results",
+    "tests.fixtures.drills",
     "tests.fixtures.edge",
 ]
 
