@@ -11,7 +11,6 @@ Each drill adds a row to the table printed at the end of the run (and to $DRILL_
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 
 import pytest
@@ -20,6 +19,7 @@ from runtime.settings import DEAD_LETTER_TOPIC
 from stack.config import load_config
 from stack.launcher import Stack
 from tests.fixtures.drills import Drill, Load, kill_9, stopped
+from tests.fixtures.local_stack import running_stack
 from tests.poison import CORPUS
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.drill]
@@ -31,14 +31,8 @@ LOAD = Load(machines=20, rate=400, readings=12_000)  # 30 s of readings
 def drill_stack(served_model_file, tmp_path_factory, stack_environment) -> Stack:
     """A whole stack of the drills' own, streaming job and supervisor included."""
     cfg = load_config(environ=stack_environment(tmp_path_factory.mktemp("drill-stack")))
-    cfg.model_file.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(served_model_file, cfg.model_file)
-    stack = Stack(cfg)
-    try:
-        stack.up()
+    with running_stack(cfg, served_model_file) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture(scope="module")
