@@ -197,6 +197,7 @@ def save_served_model(pipeline, info: ModelInfo, path: Path | None = None) -> Pa
     path = path or model_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".promote-", suffix=".joblib")
+    os.fchmod(fd, 0o644)  # readable by the model server, which may run as another user (stack/service_user.py)
     os.close(fd)
     try:
         joblib.dump({"model": pipeline, "info": asdict(info)}, tmp)

@@ -120,9 +120,10 @@ def write_env_file(path: Path, values: dict[str, str], header: str) -> None:
 
 def connection_settings(connection_file: Path | None = None) -> dict[str, str]:
     """Each connection variable from the environment if set there, else from the stack's connection file."""
+    settings = {name: os.environ[name] for name in CONNECTION_VARIABLES if os.environ.get(name)}
     path = connection_file or stack_dir() / "connection.env"
-    settings = read_env_file(path) if path.exists() else {}
-    settings.update({name: os.environ[name] for name in CONNECTION_VARIABLES if os.environ.get(name)})
+    if len(settings) < len(CONNECTION_VARIABLES) and path.exists():  # a service given them all need not read it
+        settings = read_env_file(path) | settings
     return {name: settings[name] for name in CONNECTION_VARIABLES if settings.get(name)}
 
 

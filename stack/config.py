@@ -81,6 +81,9 @@ HOST = Rule("an IPv4/IPv6 address or a hostname (letters, digits, dots, hyphens)
 PATH = Rule("a non-empty path without control characters", _is_plain_path)
 PROFILES = ("single", "cluster")
 PROFILE = Rule(f"one of {', '.join(PROFILES)}", lambda v: v in PROFILES)
+# useradd's own rule for a name (empty: no other user).
+USER_NAME = Rule("empty, or a user name (a lower-case letter or _, then up to 31 lower-case letters, digits, _ or -)",
+                 lambda v: re.fullmatch(r"([a-z_][a-z0-9_-]{0,31})?", v) is not None)
 # A node's ports are its first node's plus (n - 1) steps: small enough to stay below 65535 from common ports.
 PORT_STEP = Rule("an integer in 1..1000", lambda v: 1 <= v <= 1000)
 CLUSTER_NODES = 3  # Kafka nodes, Kudu masters, Kudu tablet servers in the cluster profile (a quorum of three)
@@ -95,6 +98,7 @@ class StackConfig:
     dir: Path = _setting(PATH)
     profile: str = _setting(PROFILE)
     cluster_port_step: int = _setting(PORT_STEP)
+    run_as: str = _setting(USER_NAME)
     host: str = _setting(HOST)
     mqtt_port: int = _setting(PORT)
     mqtt_max_queued_messages: int = _setting(QUEUED_MESSAGES)
@@ -130,6 +134,10 @@ class StackConfig:
         return {ENV_PREFIX + field.name.upper(): str(getattr(self, field.name))
                 for field in dataclasses.fields(self)}
 
+    def location_environment(self) -> dict[str, str]:
+        """STACK_DIR and STACK_INSTALL_DIR: where a runtime part started for this stack finds its files."""
+        return {ENV_PREFIX + name.upper(): str(getattr(self, name)) for name in sorted(ENVIRONMENT_ONLY)}
+
     @property
     def data_dir(self) -> Path:
         return self.dir / "data"
@@ -141,6 +149,11 @@ class StackConfig:
     @property
     def pids_dir(self) -> Path:
         return self.dir / "pids"
+
+    @property
+    def health_dir(self) -> Path:
+        """Where the pipeline's processes report their state (written by them; pids/ is the launcher's own)."""
+        return self.dir / "health"
 
     @property
     def conf_dir(self) -> Path:

@@ -4,6 +4,8 @@
 - Spark connectors: resolved by `spark-submit --packages` from Maven Central (runtime/jvm/ivysettings.xml) into
   the stack's ivy cache, so later runs need no network.
 - Secrets (MQTT password, model access key): generated once.
+- As root: the unprivileged user the services run as, and its passage to the code and the stack
+  (stack/service_user.py).
 
 Each step is skipped when a stamp file shows it was done for the same pinned versions. The output is one progress
 line per step and a summary: Maven's and Ivy's own output is kept out of it unless the tool fails, and then its
@@ -25,6 +27,7 @@ from runtime.kudu import kudu_environment
 from runtime.spark import IVY_SETTINGS, JVM_POM, connector_packages, spark_environment, spark_submit_command
 from stack.config import StackConfig
 from stack.secrets import ensure_secrets
+from stack.service_user import prepare_service_user, switching_user
 
 
 def _fingerprint(*parts: str | Path) -> str:
@@ -123,6 +126,9 @@ def install(cfg: StackConfig, installed_before: list[str] | None = None, started
         ("Spark connectors (" + ", ".join(connector_packages()) + ")", lambda: install_spark_connectors(cfg)),
         ("secrets (MQTT password, model access key)", lambda: generate_secrets(cfg)),
     ]
+    if switching_user(cfg):
+        steps.append((f"the services' user ({cfg.run_as}: they run as it when root starts them)",
+                      lambda: prepare_service_user(cfg)))
     installed = list(installed_before or [])
     for index, (title, step) in enumerate(steps, start=1):
         print(f"[install {index}/{len(steps)}] {title}", flush=True)

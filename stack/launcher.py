@@ -28,6 +28,7 @@ from stack.config import StackConfig
 from stack.connection import local_stack_settings
 from stack.process import PidRecord, group_members, is_alive, kill_group, rss_bytes, spawn, stop_group
 from stack.secrets import ensure_secrets
+from stack.service_user import ServiceUser, check_reachable, hand_over, service_user
 from stack.services import Service, Supervisor, all_services
 
 STATES = ("up", "starting", "degraded", "crashed", "crash-looping", "down")
@@ -144,6 +145,8 @@ class Stack:
         only once every service before it is ready. Harmless when up."""
         secrets = ensure_secrets(self.cfg.secrets_file)
         chosen = self.select(names)
+        if user := self.service_user():
+            check_reachable(self.cfg, user)
         self.cfg.pids_dir.mkdir(parents=True, exist_ok=True)
         for service in chosen:
             service.wanted_file.touch()
@@ -178,8 +181,16 @@ class Stack:
     def start_process(self, service: Service, secrets: dict[str, str]) -> PidRecord:
         """Prepare and spawn one service (the caller holds its lock); does not wait for readiness."""
         service.prepare(secrets)
-        return spawn(service.command(), service.log_file, service.pid_file, service.environment(secrets),
-                     cwd=self.cfg.dir)
+        env = service.environment(secrets)
+        user = None if service.runs_as_launcher else self.service_user()
+        if user:
+            hand_over(self.cfg, user)
+            env["HOME"] = str(self.cfg.data_dir)  # the launcher's home is not the user's to write
+        return spawn(service.command(), service.log_file, service.pid_file, env, cwd=self.cfg.dir, user=user)
+
+    def service_user(self) -> ServiceUser | None:
+        """Who the services run as (None: the launcher's user); raises, saying what to do, if that user is missing."""
+        return service_user(self.cfg)
 
     def _start_and_await(self, services: list[Service], secrets: dict[str, str]) -> None:
         started: dict[str, PidRecord] = {}

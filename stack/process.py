@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from stack.service_user import ServiceUser
+
 
 @dataclass(frozen=True)
 class PidRecord:
@@ -100,8 +102,11 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
-def spawn(command: list[str], log_file: Path, pid_file: Path, env: dict[str, str], cwd: Path) -> PidRecord:
-    """Start a daemon in its own session with output appended to `log_file`; record it in `pid_file`."""
+def spawn(command: list[str], log_file: Path, pid_file: Path, env: dict[str, str], cwd: Path,
+          user: ServiceUser | None = None) -> PidRecord:
+    """Start a daemon in its own session with output appended to `log_file`; record it in `pid_file`.
+
+    With `user`, the daemon runs as that user and its group only (the caller's other groups dropped)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
@@ -110,6 +115,7 @@ def spawn(command: list[str], log_file: Path, pid_file: Path, env: dict[str, str
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=env, cwd=cwd, start_new_session=True,
+            **({"user": user.uid, "group": user.gid, "extra_groups": []} if user else {}),
         )
     record = PidRecord(proc.pid, start_time_of(proc.pid) or "?")
     pid_file.write_text(record.dump())

@@ -48,6 +48,7 @@ from sql.kudu_ddl import (
 from stack import probes
 from stack.config import StackConfig
 from stack.connection import local_stack_settings
+from stack.service_user import switching_user
 
 
 class Service:
@@ -55,6 +56,7 @@ class Service:
 
     name = ""
     needs_others_ready = False  # True: start only once every service before it in the order is ready
+    runs_as_launcher = False  # True: not handed to the services' user (stack/service_user.py)
     quorum = ""  # the nodes of one quorum (the cluster's Kafka nodes) stop together
 
     def __init__(self, cfg: StackConfig):
@@ -118,7 +120,7 @@ class Service:
 
     def connected_environment(self, secrets: dict[str, str]) -> dict[str, str]:
         """The environment with the local stack's connection settings: what a client of the other services reads."""
-        return {**os.environ, **local_stack_settings(self.cfg, secrets)}
+        return {**os.environ, **self.cfg.location_environment(), **local_stack_settings(self.cfg, secrets)}
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
         raise NotImplementedError
@@ -160,8 +162,8 @@ class Mosquitto(Service):
             f"listener {self.cfg.mqtt_port} {self.cfg.host}\n"
             "allow_anonymous false\n"
             f"password_file {self.password_file}\n"
-            # Running as root, Mosquitto would switch to user `mosquitto`, which cannot use our files.
-            f"user {getpass.getuser()}\n"
+            # Started as root, Mosquitto would switch to user `mosquitto`, which cannot use our files.
+            f"user {self.cfg.run_as if switching_user(self.cfg) else getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {self.data_dir}/\n"
             # Mosquitto 2.0 keeps messages in memory and rewrites its whole database every autosave_interval + 1 s;
@@ -514,7 +516,9 @@ class SqlServer(Service):
                             "--class", "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"],
             app=["spark-internal",
                  "--hiveconf", f"hive.server2.thrift.bind.host={self.cfg.host}",
-                 "--hiveconf", f"hive.server2.thrift.port={self.cfg.sql_port}"],
+                 "--hiveconf", f"hive.server2.thrift.port={self.cfg.sql_port}",
+                 # Hive's default, /tmp/hive, is shared by every stack and user of the machine.
+                 "--hiveconf", f"hive.exec.scratchdir={self.data_dir / 'scratch'}"],
         )
 
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
@@ -585,9 +589,10 @@ class _PipelineClient(Service):
 
     @property
     def health_file(self) -> Path:
-        return self.cfg.pids_dir / f"{self.name}.health"
+        return self.cfg.health_dir / f"{self.name}.health"
 
     def prepare(self, secrets: dict[str, str]) -> None:
+        self.health_file.parent.mkdir(parents=True, exist_ok=True)
         self.health_file.unlink(missing_ok=True)
 
     def environment(self, secrets: dict[str, str]) -> dict[str, str]:
@@ -716,6 +721,7 @@ class Supervisor(_PipelineClient):
 
     name = "supervisor"
     needs_others_ready = False
+    runs_as_launcher = True  # it starts and stops the others, as the launcher does
 
     @property
     def address(self) -> str:

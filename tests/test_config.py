@@ -6,6 +6,7 @@ import dataclasses
 import math
 import re
 import stat
+import string
 import unicodedata
 from pathlib import Path
 
@@ -71,6 +72,8 @@ RULES = {
     "ready_timeout_s": lambda v: math.isfinite(v) and v > 0,
     **dict.fromkeys(("kafka_heap", "sql_driver_memory", "spark_worker_memory", "spark_daemon_memory"), _is_memory),
     "host": _is_host,
+    "run_as": lambda v: v == "" or (len(v) <= 32 and v[0] in string.ascii_lowercase + "_"
+                                    and set(v) <= set(string.ascii_lowercase + string.digits + "_-")),
     **dict.fromkeys(("install_dir", "dir"), _is_path),
 }
 SETTINGS = [f.name for f in dataclasses.fields(StackConfig)]
@@ -97,6 +100,9 @@ def test_the_defaults_load_and_keep_the_rules():
     ("mqtt_max_queued_messages", "0", "1..10000000"),  # 0 is "unlimited" to Mosquitto
     ("mqtt_max_queued_messages", "10000001", "1..10000000"),
     ("mqtt_max_inflight_messages", "65536", "1..65535"),
+    ("run_as", "Iot", "a user name"),
+    ("run_as", "iot user", "a user name"),
+    ("run_as", "-iot", "a user name"),
     ("ready_timeout_s", "nan", "finite number of seconds > 0"),
     ("ready_timeout_s", "inf", "finite number of seconds > 0"),
     ("ready_timeout_s", "0", "finite number of seconds > 0"),
