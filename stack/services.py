@@ -352,6 +352,8 @@ class _KuduDaemon(Service):
             "--time_source=system_unsync",
             "--unlock_unsafe_flags",
             "--enable_minidumps=false",
+            # Admin calls (ksck, tablet moves) come from the launcher's user; the daemons may run as another one.
+            f"--superuser_acl={getpass.getuser()}",
             # No preallocation of data containers (32 MiB each) and WAL segments (8 MiB each): the cluster profile
             # has 72 tablet replicas, which preallocated 3.4 GB on disk before a row was written.
             "--log_container_preallocate_bytes=0",

@@ -15,7 +15,9 @@ fault is queryable (the stream flowing again, while the killed node may still be
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import re
 import time
 import urllib.request
@@ -32,6 +34,7 @@ from runtime.waiting import wait_until
 from stack.audit import Scope, audit, format_audit
 from stack.launcher import Stack
 from tests.fixtures.drills import Drill, Load, kill_9, start_readings
+from tests.fixtures.local_stack import users_of_services
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -110,6 +113,15 @@ def test_every_node_is_up(cluster_stack):
              "kudu-tserver-2", "kudu-tserver-3", "spark-master", "spark-worker-1", "spark-worker-2"]
     assert set(nodes) <= set(rows), sorted(rows)
     assert {name: row.state for name, row in rows.items() if row.state != "up"} == {}
+
+
+def test_the_spark_daemons_and_every_service_run_as_the_services_user(cluster_stack):
+    """As in the images (`USER iot`): a daemon writing under the root-owned installation fails here too."""
+    users = users_of_services(cluster_stack)
+    users.pop("supervisor")
+    expected = cluster_stack.cfg.run_as if os.geteuid() == 0 and cluster_stack.cfg.run_as else getpass.getuser()
+    assert {"spark-master", "spark-worker-1", "spark-worker-2"} <= set(users)
+    assert all(owners == {expected} for owners in users.values()), users
 
 
 def test_a_stream_of_readings_lands_in_kudu_exactly(cluster_stack, cluster_pipeline):
