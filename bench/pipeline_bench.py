@@ -3,7 +3,7 @@
 Usage (the local stack must be up: `make up`):
     python -m bench.pipeline_bench [--readings 200000] [--baseline-readings 20000] [--rates 10000]
                                    [--rate-seconds 60] [--workshop-seconds 60] [--scoring batch per-record]
-                                   [--no-dashboard]
+                                   [--no-dashboard] [--json FILE]
 
 For each scoring mode (`batch`, the product's one call per partition batch, and `per-record`, the workshop's one
 call per reading) it starts its own gateway (MQTT `pbench/#` -> its own Kafka topic) and its own streaming job
@@ -21,6 +21,8 @@ the figures are rounded up by up to one poll (a scan takes ~0.1 s). Every scenar
 (impyla): as many rows and distinct keys as readings published.
 CPU per stage: the CPU seconds each process group used during the scenario, divided by the readings: where the
 CPU goes per record. The stack's other processes (its own gateway and job) stay up but idle.
+With --json FILE, the results are also written to FILE (one object per scenario: records_per_s, p50_s, p99_s,
+cpu_us_per_record by process, the scoring mode), so that runs can be compared.
 """
 
 from __future__ import annotations
@@ -94,6 +96,24 @@ class Outcome:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_s, q)) if self.latencies_s else float("nan")
+
+    def as_json(self) -> dict:
+        """The figures of this scenario, as `--json` writes them (NaN, no latency measured, as null)."""
+        p50, p99 = self.percentile(50), self.percentile(99)
+        return {"scoring": self.scoring, "scenario": self.scenario, "readings": self.readings,
+                "seconds": round(self.seconds, 3), "records_per_s": round(self.records_per_s, 1),
+                "p50_s": None if np.isnan(p50) else round(p50, 3), "p99_s": None if np.isnan(p99) else round(p99, 3),
+                "probes": len(self.latencies_s),
+                "cpu_us_per_record": {stage: round(seconds / self.readings * 1e6, 1)
+                                      for stage, seconds in sorted(self.cpu_s.items())}}
+
+
+def write_json(path: Path, outcomes: list[Outcome], args: argparse.Namespace) -> None:
+    """The run's results and how it was run, to compare with another run."""
+    report = {"bench": "pipeline", "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+              "cores": os.cpu_count(), "options": {k: v for k, v in vars(args).items() if k != "json"},
+              "scenarios": [o.as_json() for o in outcomes]}
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 class ProbePublisher(threading.Thread):
@@ -403,6 +423,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument("--scoring", nargs="+", choices=["batch", "per-record"], default=["batch", "per-record"])
     parser.add_argument("--timeout", type=float, default=1800, help="give up on a scenario after this many seconds")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write the results to FILE as JSON (records_per_s, p50_s, p99_s, "
+                             "cpu_us_per_record by process, per scenario and scoring mode)")
     parser.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                         help="batch scoring: run the flat-out and workshop-rate scenarios again with a headless "
                              "browser open on the stack's dashboard, and report what it costs (default)")
@@ -432,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         drop_table(settings)
     print_report(outcomes)
+    if args.json:
+        write_json(args.json, outcomes, args)
+        print(f"\nresults written to {args.json}")
     return 0
 
 
