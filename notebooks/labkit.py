@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,8 +310,8 @@ class Needs:
     no_lab_job: bool = False  # no lab-9 job left running
 
 
-ALL_SERVICES = ("mosquitto", "kafka", "kudu-master", "kudu-tserver", "sql", "model", "gateway", "streaming",
-                "edge", "dashboard")
+ALL_SERVICES = ("mosquitto", "kafka", "kudu-master", "kudu-tserver", "spark-master", "spark-worker", "sql", "model",
+                "gateway", "streaming", "edge", "dashboard")  # roles: in the cluster profile, each of their nodes
 PIPELINE_SERVICES = ("mosquitto", "kafka", "gateway")
 NEEDS: dict[int, Needs] = {
     1: Needs(ALL_SERVICES),
@@ -328,11 +329,17 @@ NEEDS: dict[int, Needs] = {
 }
 
 
+def nodes_of(role: str, services: Iterable[str]) -> list[str]:
+    """The services of the running profile that play `role`: itself (single-node profile), its nodes `role-1`,
+    `role-2`, ... (cluster profile), or none where the profile has no such role (the Spark daemons of the cluster)."""
+    return [name for name in services if name == role or re.fullmatch(rf"{re.escape(role)}-[0-9]+", name)]
+
+
 def missing_for(lab: int) -> list[str]:
     """What lab `lab` needs and does not find, each with what to run."""
     needs, problems = NEEDS[lab], []
     states = service_states() if needs.services else {}
-    for name in needs.services:
+    for name in (node for role in needs.services for node in nodes_of(role, states)):
         if states.get(name) != "up":
             problems.append(f"service {name} is {states.get(name, 'unknown')}: run `make lab-reset {lab}` in a "
                             f"terminal (it starts what is down; `make status` shows why a service is not up)")

@@ -22,6 +22,7 @@ from nbclient import NotebookClient
 
 from stack.config import load_config
 from stack.launcher import Stack
+from stack.services import service_names
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 LABS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -149,3 +150,18 @@ def test_lab_keeps_its_promises_with_its_exercise_solved(lab: Path, lab_stack: d
     expected = sum(cell.source.count("labkit.expect(") for cell in notebook.cells if cell.cell_type == "code")
     assert printed.count("as promised: ") == expected
     assert printed.count("Well done: ") == 1
+
+
+@pytest.mark.parametrize("profile", ["single", "cluster"])
+def test_a_lab_checks_every_node_of_the_services_it_needs_in_either_profile(profile, monkeypatch):
+    monkeypatch.syspath_prepend(str(NOTEBOOKS))
+    labkit = importlib.import_module("labkit")  # as the notebooks import it
+    names = service_names(load_config(environ={"STACK_PROFILE": profile}))
+    roles = {role for needs in labkit.NEEDS.values() for role in needs.services}
+    assert all(labkit.nodes_of(role, names) for role in roles - {"spark-master", "spark-worker"}), names
+    down = "kafka-2" if profile == "cluster" else "kafka"
+    monkeypatch.setattr(labkit, "service_states", lambda: {name: "down" if name == down else "up" for name in names})
+    (problem,) = labkit.missing_for(1)
+    assert problem.startswith(f"service {down} is down: run `make lab-reset 1`")
+    monkeypatch.setattr(labkit, "service_states", lambda: dict.fromkeys(names, "up"))
+    assert labkit.missing_for(1) == []
