@@ -28,9 +28,9 @@ LOAD = Load(machines=20, rate=400, readings=12_000)  # 30 s of readings
 
 
 @pytest.fixture(scope="module")
-def drill_stack(served_model_file, tmp_path_factory, stack_environment) -> Stack:
+def drill_stack(served_model_file, new_stack_dir, stack_environment) -> Stack:
     """A whole stack of the drills' own, streaming job and supervisor included."""
-    cfg = load_config(environ=stack_environment(tmp_path_factory.mktemp("drill-stack")))
+    cfg = load_config(environ=stack_environment(new_stack_dir("drill-stack")))
     with running_stack(cfg, served_model_file) as stack:
         yield stack
 

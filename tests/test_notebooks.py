@@ -101,9 +101,9 @@ def test_with_solutions_puts_each_solution_in_place_of_its_exercise():
 
 
 @pytest.fixture(scope="module")
-def lab_stack(tmp_path_factory: pytest.TempPathFactory, stack_environment) -> Iterator[dict[str, str]]:
+def lab_stack(new_stack_dir, stack_environment) -> Iterator[dict[str, str]]:
     """The labs' own stack, started as `make lab` starts it, and stopped after the last lab."""
-    env = stack_environment(tmp_path_factory.mktemp("lab-stack"))
+    env = stack_environment(new_stack_dir("lab-stack"))
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             if name.startswith("STACK_"):

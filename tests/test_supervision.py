@@ -42,9 +42,8 @@ class Flaky(Service):
 
 
 @pytest.fixture()
-def flaky(tmp_path, stack_environment):
-    cfg = load_config(environ=stack_environment(tmp_path / "stack"))
-    cfg.dir.mkdir(parents=True)
+def flaky(new_stack_dir, stack_environment):
+    cfg = load_config(environ=stack_environment(new_stack_dir("flaky")))
     service = Flaky(cfg)
     stack = Stack(cfg, log=lambda *_: None)
     stack.services = [service]
