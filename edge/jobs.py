@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,6 +354,8 @@ class JobRunner:
         self._failed: dict[str, dict] = {}  # job_id -> FAILED status, for this process's life
         self._lock = threading.Condition()
         self._pending: Run | Report | Reject | None = None
+        # Answers owed to documents that a newer one followed before the thread took them: each is still reported.
+        self._answers: deque[Report | Reject] = deque()
         self._active: str | None = None
         self._cancel = Cancel()
         self._stopping = False
@@ -377,7 +380,8 @@ class JobRunner:
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no job is pending or running; False if still busy after `timeout_s`."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._pending is None and self._active is None, timeout_s)
+            return self._lock.wait_for(lambda: self._pending is None and not self._answers and self._active is None,
+                                       timeout_s)
 
     def current_status(self) -> dict:
         """The status to publish now: the last one reported (IDLE before the first job), model_version current."""
@@ -398,17 +402,22 @@ class JobRunner:
                 return
             if self._active is not None and action.job_id != self._active:
                 self._cancel.cancel(f"replaced by job {action.job_id}")
+            if isinstance(self._pending, (Report, Reject)):  # the last document wins, but an invalid one still
+                self._answers.append(self._pending)        # gets its FAILED status, even when another follows at once
             self._pending = action
             self._lock.notify_all()
 
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while self._pending is None and not self._stopping:
+                while self._pending is None and not self._answers and not self._stopping:
                     self._lock.wait()
                 if self._stopping:
                     return
-                action, self._pending = self._pending, None
+                if self._answers:
+                    action = self._answers.popleft()
+                else:
+                    action, self._pending = self._pending, None
                 self._active, self._cancel = action.job_id, Cancel()
                 cancel = self._cancel
             try:

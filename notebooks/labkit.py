@@ -119,6 +119,11 @@ def stack() -> Stack:
     return Stack(load_config(), log=lambda *_args: None)
 
 
+def stack_services() -> list[str]:
+    """The services of the stack's profile (single node or cluster), the supervisor aside."""
+    return [service.name for service in stack().services]
+
+
 def service_states() -> dict[str, str]:
     """Service name -> state (up, starting, degraded, crashed, crash-looping, down)."""
     return {row.name: row.state for row in stack().status(with_supervisor=False)}

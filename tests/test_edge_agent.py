@@ -159,6 +159,22 @@ def test_the_job_thread_outlives_any_payload_and_publishes_only_contract_statuse
             assert status["reason"]
 
 
+def test_invalid_documents_offered_at_once_each_get_their_failed_status(tmp_path):
+    """Offered before the job thread takes any (a burst on the MQTT thread): the last valid one runs, and none of the
+    invalid ones goes unanswered."""
+    published: list[dict] = []
+    runner = JobRunner("burst", tmp_path, AgentState(), Scorer("burst"), Downloader(access_key=None), published.append)
+    for job_id, field, value in (("bad-1", "model_version", "seven"), ("bad-2", "size_bytes", -1)):
+        runner.offer(json.dumps(job_document(job_id=job_id, **{field: value})).encode())
+    runner.start()
+    try:
+        assert runner.wait_idle(10)
+    finally:
+        runner.stop()
+    failed = [(s["job_id"], s["reason"].split(":")[1].strip()) for s in published if s["state"] == "FAILED"]
+    assert failed == [("bad-1", "model_version"), ("bad-2", "size_bytes")]
+
+
 readings = st.fixed_dictionaries(
     {"sensor_id": st.integers(-5, 2**31 + 5), "sensor_ts": st.integers(SENSOR_TS_RANGE[0] - 1, SENSOR_TS_RANGE[1])},
     optional={f"sensor_{i}": st.integers(-200_000, 2_000_000) | st.floats() | st.text(max_size=3) for i in range(12)})

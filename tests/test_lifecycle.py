@@ -54,8 +54,8 @@ def processes_mentioning(path: Path) -> list[int]:
     return found
 
 
-def test_up_twice_crash_shows_down_and_down_leaves_nothing(tmp_path, stack_environment):
-    stack_dir = tmp_path / "stack"
+def test_up_twice_crash_shows_down_and_down_leaves_nothing(new_stack_dir, stack_environment):
+    stack_dir = new_stack_dir("lifecycle")
     env = stack_environment(stack_dir)
     try:
         first = cli(env, "up")
