@@ -59,6 +59,7 @@ from contract import (
     verdict_json,
 )
 from runtime.health import Health
+from runtime.mqtt import BufferedClient
 from runtime.retry import Backoff
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, MQTT_TOPIC_FILTER, MQTT_VERDICTS_FILTER, VERDICTS_TOPIC
 from runtime.waiting import port_open
@@ -136,6 +137,11 @@ class GatewaySettings:
     verdicts: bool = True
 
     @cached_property
+    def fields_prefix(self) -> bytes:
+        """What the gateway appends to a reading's JSON object, but for the `received_ts` value and the `}`."""
+        return f',"{GATEWAY_ID_FIELD}":{json.dumps(self.gateway_id)},"{RECEIVED_TS_FIELD}":'.encode()
+
+    @cached_property
     def is_verdict(self) -> Callable[[bytes], object]:
         """Whether (truthy) a raw MQTT topic is one of the verdicts filter's (never with verdicts off)."""
         return topic_matcher(self.verdicts_filter) if self.verdicts else _never
@@ -171,7 +177,7 @@ def topic_matcher(topic_filter: str) -> Callable[[bytes], object]:
     return re.compile(pattern, re.S).fullmatch
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outgoing:
     """A record on its way to Kafka, and the MQTT message to acknowledge once Kafka has it."""
 
@@ -269,10 +275,18 @@ def route(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int)
         reading = parse_reading(message.payload, settings.max_payload_bytes, settings.max_nesting)
     except InvalidReading as exc:
         return dead_letter(message, settings, connection, exc.field, str(exc), received_ts, dead_letter_reason(exc))
-    reading[GATEWAY_ID_FIELD] = settings.gateway_id
-    reading[RECEIVED_TS_FIELD] = received_ts
-    return Outgoing(settings.kafka_topic, str(reading[ID_FIELD]).encode(), json.dumps(reading).encode(), None,
+    return Outgoing(settings.kafka_topic, str(reading[ID_FIELD]).encode(),
+                    with_gateway_fields(message.payload, reading, settings, received_ts), None,
                     "produced", message.mid, message.qos, connection)
+
+
+def with_gateway_fields(payload: bytes, reading: dict, settings: GatewaySettings, received_ts: int) -> bytes:
+    """The Kafka record of a valid reading: the reading and the gateway's fields. A reading of the contract's fields
+    alone in UTF-8 (the usual one) keeps its bytes, ours appended before the closing brace: no re-encoding. Any
+    other is encoded again, ours replacing fields of the same name."""
+    if len(reading) == len(CONTRACT_FIELDS) and payload[:1] == b"{" and payload[1:2] != b"\x00":  # not UTF-16/32
+        return b"".join((payload.rstrip()[:-1], settings.fields_prefix, str(received_ts).encode(), b"}"))
+    return json.dumps({**reading, GATEWAY_ID_FIELD: settings.gateway_id, RECEIVED_TS_FIELD: received_ts}).encode()
 
 
 def route_verdict(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int) -> Outgoing:
@@ -303,9 +317,10 @@ def dead_letter(message: mqtt.MQTTMessage, settings: GatewaySettings, connection
 
 
 def mqtt_client(settings: GatewaySettings, client_id: str, manual_ack: bool = False) -> mqtt.Client:
-    """An MQTT v5 client with the gateway's credentials, reconnecting with backoff (1 s doubling to 30 s)."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
-                         manual_ack=manual_ack)
+    """An MQTT v5 client with the gateway's credentials, reconnecting with backoff (1 s doubling to 30 s); paho's,
+    reading and acknowledging in bulk (runtime.mqtt.BufferedClient)."""
+    client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                            manual_ack=manual_ack)
     client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
@@ -427,7 +442,7 @@ class GatewayWorker:
 
     def _send(self, record: Outgoing) -> None:
         """Hand one record to the producer, waiting out Kafka's absence; never drop it."""
-        backoff = Backoff(0.5, 10.0)
+        backoff = None
         while not self._stop.is_set():
             delay = record.not_before - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
@@ -436,6 +451,7 @@ class GatewayWorker:
                 future = self.producer.send(record.topic, key=record.key, value=record.value, headers=record.headers)
             except KafkaTimeoutError as exc:  # no metadata or no buffer space within MAX_BLOCK_MS: Kafka is away
                 self._kafka_waits(f"cannot hand records to Kafka: {exc}")
+                backoff = backoff or Backoff(0.5, 10.0)
                 self._stop.wait(backoff.next_delay())
                 continue
             except RECORD_ERRORS as exc:
@@ -443,8 +459,8 @@ class GatewayWorker:
                 continue
             with self._pending_lock:
                 self._pending[id(record)] = time.monotonic()
-            future.add_callback(lambda _meta, r=record: self._delivered(r))
-            future.add_errback(lambda exc, r=record: self._not_delivered(r, exc))
+            future.add_callback(self._delivered, record)
+            future.add_errback(self._not_delivered, record)
             return
 
     def _shrunk_dead_letter(self, record: Outgoing, exc: Exception) -> Outgoing:
@@ -460,7 +476,7 @@ class GatewayWorker:
                     len(record.value) // 2, len(record.value))
         return replace(record, value=record.value[: len(record.value) // 2])
 
-    def _delivered(self, record: Outgoing) -> None:
+    def _delivered(self, record: Outgoing, _metadata: object = None) -> None:
         with self._pending_lock:
             handed_over = self._pending.pop(id(record), None)
         self._kafka_problem = None

@@ -21,6 +21,10 @@ _INT_SENSORS = frozenset({"sensor_0", "sensor_1", "sensor_2", "sensor_3", "senso
                           "sensor_11"})
 
 
+# A reading as json.dumps writes it (repr of each int and float), filled in by %-formatting: a third of its cost.
+READING_JSON = "{" + ", ".join(f'"{name}": %r' for name in (ID_FIELD, TS_FIELD, *SENSOR_FIELDS)) + "}"
+
+
 class Fleet:
     """The machines one publisher owns; `next_messages(n)` returns the next n (topic, payload) pairs."""
 
@@ -39,9 +43,10 @@ class Fleet:
         self.cursor = 0
         self.faults: Counter[str] = Counter()
 
-    def _values(self, machine: np.ndarray) -> list[dict]:
+    def _values(self, machine: np.ndarray) -> list[tuple]:
+        """The sensor values of each reading, in SENSOR_FIELDS order (Python ints and floats, as JSON writes them)."""
         if self.cfg.mode == "workshop-uniform":
-            return [{name: int(self.rng.integers(lo, hi + 1)) for name, (lo, hi) in self.cfg.ranges.items()}
+            return [tuple(int(self.rng.integers(lo, hi + 1)) for lo, hi in map(self.cfg.ranges.get, SENSOR_FIELDS))
                     for _ in machine]
         # Each machine advances one wear step per reading; several readings of one machine in a batch each step.
         order = np.zeros(len(machine))
@@ -54,9 +59,9 @@ class Fleet:
         frame = sensor_readings(wear, self.load[machine], self.rng)
         for m, count in seen.items():
             self.wear[m] = min(1.0, self.wear[m] + self.wear_step[m] * count)
-        columns = {name: frame[name].to_numpy() for name in SENSOR_FIELDS}
-        return [{name: (int(columns[name][i]) if name in _INT_SENSORS else float(columns[name][i]))
-                 for name in SENSOR_FIELDS} for i in range(len(machine))]
+        columns = [frame[name].to_numpy().astype(np.int64 if name in _INT_SENSORS else np.float64).tolist()
+                   for name in SENSOR_FIELDS]
+        return list(zip(*columns, strict=True))
 
     def next_messages(self, n: int) -> list[tuple[str, bytes]]:
         """The next n readings, round-robin over the machines, as (MQTT topic, JSON payload)."""
@@ -68,11 +73,13 @@ class Fleet:
         for m, sensors in zip(machine, values, strict=True):
             ts = max(now, int(self.last_ts[m]) + 1)  # strictly increasing per machine: (id, ts) is the key
             self.last_ts[m] = ts
-            reading = {ID_FIELD: int(self.sensor_ids[m]), TS_FIELD: ts, **sensors}
-            payload = json.dumps(reading).encode()
+            sensor_id = int(self.sensor_ids[m])
             if self.cfg.fault_share and self.rng.uniform() < self.cfg.fault_share:
-                payload = self._malformed(reading)
-            messages.append((f"{self.cfg.topic}/{reading[ID_FIELD]}", payload))
+                values = dict(zip(SENSOR_FIELDS, sensors, strict=True))
+                payload = self._malformed({ID_FIELD: sensor_id, TS_FIELD: ts, **values})
+            else:
+                payload = (READING_JSON % (sensor_id, ts, *sensors)).encode()
+            messages.append((f"{self.cfg.topic}/{sensor_id}", payload))
         return messages
 
     def _malformed(self, reading: dict) -> bytes:

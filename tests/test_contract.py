@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract import InvalidReading, parse_reading
+import contract
+from contract import MAX_NESTING, MAX_PAYLOAD_BYTES, InvalidReading, parse_reading
 from tests.poison import CORPUS, UNUSUAL_READINGS
 
 READING = {"sensor_id": 48, "sensor_ts": 1556758787735011, **{f"sensor_{i}": 2 for i in range(12)}}
@@ -126,3 +127,62 @@ def test_the_bounds_are_settings():
         parse_reading(nested, max_nesting=50)
     with pytest.raises(InvalidReading, match="payload of 230 bytes exceeds the limit of 100 bytes"):
         parse_reading(json.dumps(READING).encode(), max_bytes=100)
+
+
+# -- the fast path (orjson) returns exactly what the strict parser returns, or steps aside --
+
+def _strict(payload: bytes) -> dict | str:
+    try:
+        return contract._parse(payload, MAX_PAYLOAD_BYTES, MAX_NESTING)
+    except InvalidReading as refused:
+        return str(refused)
+
+
+def _agrees(payload: bytes) -> bool:
+    """Whether the fast path took `payload` (else it steps aside); asserts that it returns what the strict parser
+    returns, value for value and type for type, whenever it does."""
+    fast = contract._parse_fast(payload, MAX_PAYLOAD_BYTES, MAX_NESTING)
+    if fast is None:
+        return False
+    strict = _strict(payload)
+    assert fast == strict, payload
+    assert [type(v) for v in fast.values()] == [type(v) for v in strict.values()], payload
+    return True
+
+
+def _pair(key: str, value: str) -> str:
+    return f"{json.dumps(key)}:{value}"
+
+
+number_texts = (st.integers(min_value=-10**30, max_value=10**30).map(str)
+                | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+                | st.decimals(allow_nan=False, allow_infinity=False).map(str)
+                | st.from_regex(r"-?(0|[1-9][0-9]{0,25})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,3})?", fullmatch=True))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([*READING, "site", "gateway_id", "received_ts", "a:b"]),
+                          number_texts | json_values.map(json.dumps)), max_size=20),
+       st.sampled_from([",", ", ", " ,\n"]), st.booleans())
+def test_the_fast_path_agrees_with_the_strict_parser(pairs, separator, complete):
+    """Repeated keys, integers beyond 64 bits, decimals of any length, colons in strings: the fast path returns
+    what the strict parser returns, or leaves the payload to it."""
+    fields = {**({k: json.dumps(v) for k, v in READING.items()} if complete else {}), **dict(pairs)}
+    text = separator.join(_pair(k, v) for k, v in [*fields.items(), *pairs[len(pairs) // 2:]])
+    _agrees(("{" + text + "}").encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_the_fast_path_agrees_on_any_bytes(payload):
+    _agrees(payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({name: number_texts for name in READING}))
+def test_plain_readings_take_the_fast_path(values):
+    """A reading of numbers alone (any valid one: the simulator's and the gateway's records) is parsed by orjson."""
+    payload = ("{" + ", ".join(_pair(k, v) for k, v in values.items()) + "}").encode()
+    if isinstance(_strict(payload), dict):
+        assert _agrees(payload)
+        assert _agrees(payload[:-1] + b', "gateway_id": "gw-1", "received_ts": 1764230000123456}')

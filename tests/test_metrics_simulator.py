@@ -43,8 +43,8 @@ def served(registry: CollectorRegistry) -> dict:
 
 def test_the_metrics_read_the_counters_the_publishers_share():
     context = mp.get_context("fork")
-    published, faults, sent = context.Value("q", 7), context.Array("q", len(FAULT_KINDS)), context.RawArray("q", 2)
-    sent[0], sent[1], faults[1] = 6, 4, 2
+    published, faults, sent = context.RawArray("q", 2), context.Array("q", len(FAULT_KINDS)), context.RawArray("q", 2)
+    published[0], published[1], sent[0], sent[1], faults[1] = 4, 3, 6, 4, 2
     registry = CollectorRegistry()
     registry.register(PublisherMetrics(published, sent, faults))
     samples = served(registry)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import queue
+import threading
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from runtime.mqtt import BufferedClient, connect
 from runtime.waiting import wait_until
 from stack.probes import mqtt_connack
 
@@ -66,3 +71,65 @@ def test_wrong_password_is_refused(local_stack, secrets):
 def test_right_password_is_accepted(local_stack, secrets):
     cfg = local_stack.cfg
     assert not mqtt_connack(cfg.host, cfg.mqtt_port, secrets["MQTT_USERNAME"], secrets["MQTT_PASSWORD"]).is_failure
+
+
+def test_the_buffered_client_delivers_and_acknowledges_every_message_in_bulk(local_stack, secrets):
+    """runtime.mqtt.BufferedClient on both sides, as the simulator and the gateway use it: 5,000 QoS 1 messages
+    published flat out (no in-flight limit of paho's) all reach a manual-ack MQTT v5 subscriber in order, every
+    publication is acknowledged by the broker, and the subscriber's acknowledgements, sent from another thread and
+    merged into bulk writes, all reach the broker: its session holds nothing to deliver again."""
+    cfg, count = local_stack.cfg, 5_000
+    settings = {"MQTT_HOST": cfg.host, "MQTT_PORT": str(cfg.mqtt_port), **secrets}
+    received, acked, to_ack = [], [], queue.SimpleQueue()
+
+    def subscriber() -> BufferedClient:
+        client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="buffered-sub", protocol=mqtt.MQTTv5,
+                                manual_ack=True)
+        client.username_pw_set(secrets["MQTT_USERNAME"], secrets["MQTT_PASSWORD"])
+        def on_message(_client, _userdata, message) -> None:
+            received.append((message.mid, message.payload))
+            to_ack.put(message.mid)
+
+        client.on_message = on_message
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 300
+        client.connect(cfg.host, cfg.mqtt_port, clean_start=False, properties=properties)
+        client.loop_start()
+        return client
+
+    sub = subscriber()
+    subscribed = []
+    sub.on_subscribe = lambda *_args: subscribed.append(True)
+    sub.subscribe("buffered/#", qos=1)
+    wait_until(lambda: subscribed, 10, "the SUBACK")
+    pub = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    pub.username_pw_set(secrets["MQTT_USERNAME"], secrets["MQTT_PASSWORD"])
+    pub.max_inflight_messages_set(0)
+    pub.on_publish = lambda _c, _u, mid, reason, _p: acked.append((mid, reason.is_failure))
+    connect(pub, settings)
+    acker = threading.Thread(target=lambda: [sub.ack(to_ack.get(timeout=60), 1) for _ in range(count)])
+    acker.start()
+    for i in range(count):
+        pub.publish(f"buffered/{i % 7}", str(i).encode(), qos=1)
+    wait_until(lambda: len(acked) == count, 60, f"the broker's acknowledgements ({len(acked)} of {count})")
+    acker.join(60)
+    assert not any(failed for _, failed in acked)
+    assert [int(payload) for _, payload in received] == list(range(count))
+    pub.disconnect()
+    pub.loop_stop()
+    sub.disconnect()
+    sub.loop_stop()
+
+    again = len(received)
+    sub = subscriber()  # the same session: anything unacknowledged would come again
+    sub.subscribe("buffered/#", qos=1)
+    probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    probe.username_pw_set(secrets["MQTT_USERNAME"], secrets["MQTT_PASSWORD"])
+    connect(probe, settings)
+    probe.publish("buffered/end", b"end", qos=1).wait_for_publish(10)
+    wait_until(lambda: received[-1][1] == b"end", 10, "the fence message")
+    assert len(received) == again + 1, "messages acknowledged in bulk were delivered again"
+    for client in (probe, sub):
+        client.disconnect()
+        client.loop_stop()
+

@@ -102,6 +102,14 @@ def test_readings_follow_the_contract_with_increasing_timestamps(tmp_path):
     assert all(list(r)[2:] == list(SENSOR_FIELDS) for r in readings)
 
 
+@pytest.mark.parametrize("mode", ["world", "workshop-uniform"])
+def test_payloads_are_what_json_writes(tmp_path, mode):
+    """The payloads are formatted from a template, not by json.dumps, yet byte for byte what it writes."""
+    cfg = load_simulator_config(write_config(tmp_path, machines={"mode": mode}))
+    for _, payload in Fleet(cfg, [5, 6, 7], seed=3).next_messages(300):
+        assert json.dumps(json.loads(payload)).encode() == payload
+
+
 def test_every_fault_kind_is_refused_by_the_contract(tmp_path):
     cfg = load_simulator_config(write_config(tmp_path, misc={"fault_share": 1.0}))
     fleet = Fleet(cfg, [1], seed=1)
