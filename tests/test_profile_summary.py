@@ -1,0 +1,35 @@
+"""bench.profile_summary: a py-spy raw profile summed by function, inclusive and self (no services needed)."""
+
+from __future__ import annotations
+
+from bench.profile_summary import main, read_profile, shares
+
+PROFILE = """\
+_bootstrap (threading.py:1002);run (threading.py:982);_loop (paho/mqtt/client.py:1663) 6
+_bootstrap (threading.py:1002);run (threading.py:982);_loop (paho/mqtt/client.py:1686);loop_read (paho/mqtt/c.py:2097) 3
+_bootstrap (threading.py:1002);_send_loop (bridge.py:434);send (kafka/producer/kafka.py:880) 1
+not a stack line
+"""
+
+
+def test_shares_are_by_function_whatever_the_line(tmp_path):
+    path = tmp_path / "gateway.txt"
+    path.write_text(PROFILE)
+    total, inclusive, own = shares(read_profile(path))
+    assert total == 10
+    assert inclusive["_loop (paho/mqtt/client.py)"] == 9  # lines 1663 and 1686: one function
+    assert inclusive["_bootstrap (threading.py)"] == 10
+    assert own == {"_loop (paho/mqtt/client.py)": 6, "loop_read (paho/mqtt/c.py)": 3,
+                   "send (kafka/producer/kafka.py)": 1}
+
+
+def test_the_summary_prints_shares_and_refuses_what_is_not_a_profile(tmp_path, capsys):
+    path = tmp_path / "gateway.txt"
+    path.write_text(PROFILE)
+    assert main([str(path), "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "10 samples" in out and " 90.0%  _loop (paho/mqtt/client.py)" in out
+    empty = tmp_path / "empty.txt"
+    empty.write_text("nothing here\n")
+    assert main([str(empty)]) == 1
+    assert "no samples" in capsys.readouterr().err
