@@ -158,8 +158,11 @@ class BufferedClient(mqtt.Client):
 
     def _packet_queue(self, command, packet, mid, qos, info=None) -> mqtt.MQTTErrorCode:
         wakeup = self._sockpairW
-        if wakeup is None or self._thread is None or self._on_socket_register_write is not None:
-            return super()._packet_queue(command, packet, mid, qos, info)  # no network thread of paho's own
+        if (wakeup is None or self._thread is None or self._on_socket_register_write is not None
+                or command & 0xF0 not in (mqtt.PUBACK, mqtt.PUBLISH)):
+            # No network thread of paho's own, or a rare packet (CONNECT, SUBSCRIBE, PINGREQ, DISCONNECT, ...):
+            # paho's own path, which always wakes the network thread.
+            return super()._packet_queue(command, packet, mid, qos, info)
         self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet),
                                  "packet": packet, "info": info})
         # Queued before the check: a wakeup pending now writes this packet too (it is forgotten before the queue is
