@@ -124,8 +124,9 @@ class BufferedClient(mqtt.Client):
     - Reads: the socket is a BufferedSocket, and one wakeup of the network thread handles every packet its chunk
       holds (up to PACKETS_PER_READ), not one.
     - Writes: paho wakes its network thread with a byte on a socket pair for every packet queued (a publish, an
-      acknowledgement); here only the first packet queued since the last write does, and the publications (QoS 1
-      and 2) and acknowledgements queued meanwhile leave in one send().
+      acknowledgement); here only the first publication or acknowledgement queued since the last write does (any
+      other packet takes paho's own path), and the publications (QoS 1 and 2) and acknowledgements queued
+      meanwhile leave in one send().
     """
 
     def __init__(self, *args, **kwargs):
