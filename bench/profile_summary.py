@@ -51,7 +51,8 @@ def shares(stacks: list[tuple[list[str], int]]) -> tuple[int, Counter, Counter]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", type=Path, help="a py-spy profile recorded with --format raw")
-    parser.add_argument("--top", type=int, default=25, help="functions to list in each table (default 25)")
+    parser.add_argument("--top", type=int, default=25,
+                        help="functions to list in each table, most samples first, ties by name (default 25)")
     args = parser.parse_args(argv)
     if not args.profile.is_file():
         parser.error(f"argument profile: no such file: {args.profile}")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.profile}: {total:,} samples")
     for title, counts in (("inclusive (with callees)", inclusive), ("self", own)):
         print(f"\n{title}:")
-        for name, count in counts.most_common(args.top):
+        for name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:args.top]:
             print(f"  {count / total:>6.1%}  {name}")
     return 0
 

@@ -156,6 +156,6 @@ def _show(pane: pn.pane.HTML, html: str) -> None:
 def serve(feed: Feed, host: str, port: int) -> None:
     """Serve the dashboard at http://host:port/ until interrupted; websockets only from that origin."""
     pn.serve({"/": lambda: Session(feed).layout()}, address=host, port=port, websocket_origin=[f"{host}:{port}"],
-             show=False, title=TITLE,
+             show=False, title=TITLE, liveness=True,  # GET /liveness: the stack's readiness probe
              # A closed browser's session is discarded (and the feed stopped, if it was the last) within seconds.
              check_unused_sessions_milliseconds=2_000, unused_session_lifetime_milliseconds=5_000)

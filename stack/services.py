@@ -714,8 +714,9 @@ class Dashboard(Service):
         return self.connected_environment(secrets)
 
     def is_ready(self, secrets: dict[str, str]) -> bool:
-        """GET / answers: the page is served (a browser session, and so the feed, starts only when one loads it)."""
-        return http_ok(self.address)
+        """GET /liveness answers: the page server runs. Not GET /, which builds a whole page (about a CPU-second:
+        on a busy machine a status call timed out on it and reported a serving dashboard as `starting`)."""
+        return http_ok(f"{self.address}liveness")
 
 
 class Supervisor(_PipelineClient):
