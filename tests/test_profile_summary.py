@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.profile_summary import main, read_profile, shares
+from bench.profile_summary import jfr_stacks, main, read_profile, shares
 
 PROFILE = """\
 _bootstrap (threading.py:1002);run (threading.py:982);_loop (paho/mqtt/client.py:1663) 6
@@ -35,3 +35,33 @@ def test_the_summary_prints_shares_and_refuses_what_is_not_a_profile(tmp_path, c
     empty.write_text("nothing here\n")
     assert main([str(empty)]) == 1
     assert "no samples" in capsys.readouterr().err
+
+
+JFR_PRINT = """\
+jdk.ExecutionSample {
+  startTime = 12:21:11.264
+  sampledThread = "Executor task launch worker for task 3.0 in stage 12.0 (TID 40)" (javaThreadId = 81)
+  state = "STATE_RUNNABLE"
+  stackTrace = [
+    java.lang.Long.getChars(long, int, byte[]) line: 553
+    java.lang.Long.toString(long) line: 493
+    ...
+  ]
+}
+
+jdk.ExecutionSample {
+  startTime = 12:21:11.275
+  sampledThread = "Executor task launch worker for task 4.0 in stage 13.0 (TID 41)" (javaThreadId = 82)
+  state = "STATE_RUNNABLE"
+  stackTrace = [
+    java.lang.Long.toString(long) line: 490
+  ]
+}
+"""
+
+
+def test_a_jfr_recordings_samples_are_stacks_under_their_kind_of_thread():
+    worker = "thread Executor task launch worker for task N.N in stage N.N (TID N)"
+    assert jfr_stacks(JFR_PRINT) == [
+        ([worker, "java.lang.Long.toString(long)", "java.lang.Long.getChars(long, int, byte[])"], 1),
+        ([worker, "java.lang.Long.toString(long)"], 1)]
