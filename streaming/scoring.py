@@ -15,6 +15,8 @@ Kafka partitions together, so this sees every repeat of a key within a micro-bat
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,7 @@ INPUT_COLUMNS = ["value", "partition", "offset"]
 
 
 REPEAT = "repeat"
+FEATURES = itemgetter(*SENSOR_FIELDS)
 
 
 class KeyTracker:
@@ -47,15 +50,16 @@ class KeyTracker:
     def __init__(self) -> None:
         self.seen: dict[tuple[int, int], list[tuple]] = {}
 
-    def classify(self, reading: dict) -> str | None:
+    def classify(self, key: tuple[int, int], values: tuple[float, ...]) -> str | None:
         """None for the first reading of a key; REPEAT for one seen before; a conflict reason otherwise."""
-        key = (reading[ID_FIELD], reading[TS_FIELD])
-        values = tuple(float(reading[name]) for name in SENSOR_FIELDS)
-        earlier = self.seen.setdefault(key, [])
+        earlier = self.seen.get(key)
+        if earlier is None:
+            self.seen[key] = [values]
+            return None
         if values in earlier:
             return REPEAT
         earlier.append(values)
-        return None if len(earlier) == 1 else conflict_reason(key, earlier[0], values, "came earlier in the batch")
+        return conflict_reason(key, earlier[0], values, "came earlier in the batch")
 
 
 def conflict_reason(key: tuple[int, int], kept: tuple, other: tuple, where: str) -> str:
@@ -66,35 +70,65 @@ def conflict_reason(key: tuple[int, int], kept: tuple, other: tuple, where: str)
             f"and is kept; {'; '.join(changes)}")
 
 
+@dataclass
+class Readings:
+    """The checked readings of one partition batch, column by column (one list per column: no dict per row)."""
+    ids: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    features: list[tuple[float, ...]] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)  # the Kafka records, to dead-letter a row the model refuses
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    conflicts: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def feature_matrix(self) -> np.ndarray:
+        """The readings' twelve values, a row each: what the model scores."""
+        return np.array(self.features, dtype=np.float64).reshape(len(self), len(SENSOR_FIELDS))
+
+
 def check_records(batch: pd.DataFrame, tracker: KeyTracker, max_bytes: int, max_nesting: int
-                  ) -> tuple[list[dict], list[tuple]]:
+                  ) -> tuple[Readings, list[tuple]]:
     """Readings (with their Kafka position) and dead letters (value, reason, field, partition, offset)."""
-    good, dead = [], []
+    good, dead = Readings(), []
     for value, partition, offset in zip(batch["value"], batch["partition"], batch["offset"], strict=True):
         try:
             reading = parse_reading(value, max_bytes, max_nesting)
         except InvalidReading as exc:
             dead.append((value, str(exc), exc.field or "", partition, offset))
             continue
-        verdict = tracker.classify(reading)
+        key, features = (reading[ID_FIELD], reading[TS_FIELD]), tuple(map(float, FEATURES(reading)))
+        verdict = tracker.classify(key, features)
         if verdict != REPEAT:
-            good.append({**reading, "value": value, "partition": partition, "offset": offset, "conflict": verdict})
+            good.ids.append(key[0])
+            good.timestamps.append(key[1])
+            good.features.append(features)
+            good.values.append(value)
+            good.partitions.append(partition)
+            good.offsets.append(offset)
+            good.conflicts.append(verdict)
     return good, dead
 
 
-def scored_frame(good: list[dict], scored: Scored, refused: dict[int, str]) -> tuple[pd.DataFrame, list]:
+def scored_frame(good: Readings, features: np.ndarray, scored: Scored, refused: dict[int, str]
+                 ) -> tuple[pd.DataFrame, list]:
     """The scored readings as rows of the job's schema (each with its verdict and the version of the model that
     gave it), and the rows the model server refused as dead letters. Scored rows do not carry their Kafka record
     (the job finds it again by partition and offset if it needs it)."""
-    frame = pd.DataFrame.from_records(good, columns=[ID_FIELD, TS_FIELD, *SENSOR_FIELDS, "value", "partition",
-                                                     "offset", "conflict"])
-    frame[LABEL], frame[MODEL_VERSION] = scored.verdicts, scored.model_versions
-    dead = [(frame["value"][i], reason, "", frame["partition"][i], frame["offset"][i]) for i, reason in refused.items()]
-    frame = frame.drop(index=list(refused)) if refused else frame
-    frame[TS_FIELD] = pd.to_datetime(frame[TS_FIELD], unit="us")
-    frame[ID_FIELD] = frame[ID_FIELD].astype(np.int32)
-    frame["kind"], frame["reason"], frame["field"], frame["value"] = "scored", None, None, None
-    return frame, dead
+    frame = pd.DataFrame({
+        "kind": "scored",
+        ID_FIELD: np.array(good.ids, dtype=np.int32),
+        # numpy's own conversion: pandas' to_datetime(unit="us") made a Timestamp per row (~5 us each)
+        TS_FIELD: np.array(good.timestamps, dtype="datetime64[us]").astype("datetime64[ns]"),
+        **{name: features[:, i] for i, name in enumerate(SENSOR_FIELDS)},
+        LABEL: scored.verdicts, MODEL_VERSION: scored.model_versions,
+        "value": None, "reason": None, "field": None,
+        "partition": good.partitions, "offset": good.offsets, "conflict": good.conflicts,
+    }, columns=OUTPUT_COLUMNS)
+    dead = [(good.values[i], reason, "", good.partitions[i], good.offsets[i]) for i, reason in refused.items()]
+    return (frame.drop(index=list(refused)) if refused else frame), dead
 
 
 def check_and_score(batches: Iterator[pd.DataFrame], model_url: str, access_key: str, scoring: str = "batch",
@@ -109,10 +143,10 @@ def check_and_score(batches: Iterator[pd.DataFrame], model_url: str, access_key:
             good, dead = check_records(batch, tracker, max_bytes, max_nesting)
             out = []
             if good:
-                features = np.array([[r[name] for name in SENSOR_FIELDS] for r in good], dtype=np.float64)
+                features = good.feature_matrix()
                 scored, refused = score_or_refuse(score, features, model_url=model_url, access_key=access_key,
                                                   session=http)
-                frame, refused_rows = scored_frame(good, scored, refused)
+                frame, refused_rows = scored_frame(good, features, scored, refused)
                 out.append(frame)
                 dead += refused_rows
             if dead:

@@ -76,7 +76,8 @@ def test_the_job_makes_rows_spark_can_take_of_any_batch(values):
     assert len(good) + len(dead) <= len(values)  # repeats of a reading are dropped, nothing else
     frames = [pd.DataFrame(dead, columns=["value", "reason", "field", "partition", "offset"]).assign(kind="dead")]
     if good:
-        frame, refused = scored_frame(good, Scored.by_one_model(np.ones(len(good), dtype=np.int8), 3), {})
+        frame, refused = scored_frame(good, good.feature_matrix(),
+                                      Scored.by_one_model(np.ones(len(good), dtype=np.int8), 3), {})
         frames.append(frame)
     out = typed(pd.concat(frames, ignore_index=True).reindex(columns=[f.name for f in OUTPUT_SCHEMA.fields]))
     arrow_columns(out)
@@ -86,9 +87,9 @@ def test_a_repeat_is_dropped_and_a_different_reading_under_the_same_key_is_a_con
     first, other = reading(), reading(sensor_3=9)
     batch = pd.DataFrame({"value": [first, first, other, other], "partition": [0] * 4, "offset": range(4)})
     good, dead = check_records(batch, KeyTracker(), MAX_PAYLOAD_BYTES, MAX_NESTING)
-    assert dead == [] and [g["offset"] for g in good] == [0, 2]
-    assert good[0]["conflict"] is None
-    assert good[1]["conflict"] == ("conflict: a different reading under this key (sensor_id=48, "
+    assert dead == [] and good.offsets == [0, 2]
+    assert good.conflicts[0] is None
+    assert good.conflicts[1] == ("conflict: a different reading under this key (sensor_id=48, "
                                    "sensor_ts=1556758787735011) came earlier in the batch and is kept; "
                                    "sensor_3: 2.0 kept, 9.0 here")
 
@@ -101,4 +102,4 @@ def test_every_poison_reaches_the_dead_letter_topic_from_the_gateway_or_the_job(
     if poison.kafka:
         batch = pd.DataFrame({"value": [payload], "partition": [1], "offset": [5]})
         good, dead = check_records(batch, KeyTracker(), MAX_PAYLOAD_BYTES, MAX_NESTING)
-        assert good == [] and len(dead) == 1 and dead[0][3:] == (1, 5)
+        assert len(good) == 0 and len(dead) == 1 and dead[0][3:] == (1, 5)
