@@ -34,6 +34,7 @@ import os
 import re
 import resource
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -153,41 +154,28 @@ class QueryablePoller(threading.Thread):
 
     def __init__(self, cfg: StackConfig, master: str, machines: tuple[int, int], probes: tuple[int, int]):
         super().__init__(daemon=True)
-        self.scan = [str(cfg.kudu_home / "bin" / "kudu"), "table", "scan", master, impala_kudu_table_name(SQL_TABLE)]
-        self.env = kudu_environment(cfg.kudu_home)
+        self.scanner = BenchTableScanner(cfg, master)
         self.machines, self.probes, self.stopping = machines, probes, threading.Event()
         self.count_from = threading.Event()  # set once publishing is over: no count can be complete before
         self.first_seen: dict[tuple[int, int], float] = {}
-        self.count, self.count_at, self.cpu_s = 0, time.time(), 0.0
+        self.count, self.count_at = 0, time.time()
         self.error: Exception | None = None
 
-    def _scan(self, ids: tuple[int, int], *options: str) -> str:
-        predicates = json.dumps(["AND", [">=", "sensor_id", ids[0]], ["<", "sensor_id", ids[1]]])
-        # posix_spawn and a file, not subprocess and pipes: the simulator forks while this runs, and a forked child
-        # holding a pipe's write end (subprocess's own exec-status pipe too) would block us until it exits.
-        with tempfile.TemporaryFile("w+") as output:
-            pid = os.posix_spawn(self.scan[0], [*self.scan, f"-predicates={predicates}", *options], self.env,
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, output.fileno(), 1),
-                                               (os.POSIX_SPAWN_DUP2, output.fileno(), 2)])
-            _, status, usage = os.wait4(pid, 0)  # reaped here to learn its CPU time
-            output.seek(0)
-            out = output.read()
-        self.cpu_s += usage.ru_utime + usage.ru_stime
-        if os.waitstatus_to_exitcode(status):
-            raise RuntimeError(f"kudu table scan failed ({os.waitstatus_to_exitcode(status)}): {out.strip()[-500:]}")
-        return out
+    @property
+    def cpu_s(self) -> float:
+        return self.scanner.cpu_s
 
     def run(self) -> None:
         polls = 0
         try:
             while not self.stopping.is_set():
                 started = time.time()
-                rows = self._scan(self.probes, "-columns=sensor_id,sensor_ts")
+                rows = self.scanner.scan(self.probes, "-columns=sensor_id,sensor_ts")
                 seen = time.time()
                 for sensor_id, seconds, fraction in SCAN_ROW.findall(rows):
                     self.first_seen.setdefault((int(sensor_id), scan_micros(seconds, fraction)), seen)
                 if self.count_from.is_set() and polls % COUNT_EVERY == 0:
-                    count = int(SCAN_COUNT.search(self._scan(self.machines, "-row_count_only")).group(1))
+                    count = self.scanner.count(self.machines)
                     if count != self.count:
                         self.count, self.count_at = count, time.time()
                 polls += 1
@@ -204,6 +192,37 @@ class QueryablePoller(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join()
+
+
+class BenchTableScanner:
+    """`kudu table scan` of the bench table, by a range of sensor ids; the scan tool's CPU is summed in `cpu_s`."""
+
+    def __init__(self, cfg: StackConfig, master: str):
+        self.command = [str(cfg.kudu_home / "bin" / "kudu"), "table", "scan", master,
+                        impala_kudu_table_name(SQL_TABLE)]
+        self.env = kudu_environment(cfg.kudu_home)
+        self.cpu_s = 0.0
+
+    def scan(self, ids: tuple[int, int], *options: str) -> str:
+        """The tool's output for the rows with ids[0] <= sensor_id < ids[1]."""
+        predicates = json.dumps(["AND", [">=", "sensor_id", ids[0]], ["<", "sensor_id", ids[1]]])
+        # posix_spawn and a file, not subprocess and pipes: the simulator forks while this runs, and a forked child
+        # holding a pipe's write end (subprocess's own exec-status pipe too) would block us until it exits.
+        with tempfile.TemporaryFile("w+") as output:
+            pid = os.posix_spawn(self.command[0], [*self.command, f"-predicates={predicates}", *options], self.env,
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, output.fileno(), 1),
+                                               (os.POSIX_SPAWN_DUP2, output.fileno(), 2)])
+            _, status, usage = os.wait4(pid, 0)  # reaped here to learn its CPU time
+            output.seek(0)
+            out = output.read()
+        self.cpu_s += usage.ru_utime + usage.ru_stime
+        if os.waitstatus_to_exitcode(status):
+            raise RuntimeError(f"kudu table scan failed ({os.waitstatus_to_exitcode(status)}): {out.strip()[-500:]}")
+        return out
+
+    def count(self, ids: tuple[int, int]) -> int:
+        """How many rows have ids[0] <= sensor_id < ids[1]."""
+        return int(SCAN_COUNT.search(self.scan(ids, "-row_count_only")).group(1))
 
 
 def scan_micros(seconds: str, fraction: str) -> int:
@@ -227,13 +246,7 @@ class Pipeline:
         self.job_log.write_text("")
         print(f"  {self.scoring:<10} starting its gateway and streaming job (job log: {self.job_log})", flush=True)
         ensure_topic(self.settings["KAFKA_BOOTSTRAP"], self.topic, load_config().kafka_iot_partitions)
-        self.job = start_until_up(
-            [sys.executable, "-m", "streaming", "--topic", self.topic, "--scoring", self.scoring,
-             "--kudu-table", impala_kudu_table_name(SQL_TABLE), "--trigger-seconds", "1", "--no-alerts",
-             "--no-verdicts", "--checkpoint", str(self.workdir / f"checkpoint-{self.scoring}"),
-             "--health-file", str(self.workdir / f"job-{self.scoring}.health")],
-            self.workdir / f"job-{self.scoring}.health", f"streaming job ({self.scoring})", self.job_log,
-            env={**os.environ, **self.settings})
+        self.job = start_job(self.settings, self.topic, self.scoring, self.workdir, self.job_log)
         try:
             self.gateway = start_gateway(self.gateway_id, self.gateway_workers, f"{MQTT_TOPIC}/#", self.topic,
                                          self.workdir / f"gateway-{self.scoring}.health")
@@ -254,6 +267,18 @@ class Pipeline:
 
     def process_groups(self) -> dict[str, int]:
         return {"gateway": self.gateway.pid, "streaming job": self.job.pid}
+
+
+def start_job(settings: dict[str, str], topic: str, scoring: str, workdir: Path, log: Path,
+              *options: str) -> subprocess.Popen:
+    """A streaming job of the bench's own: Kafka `topic` -> the bench table, 1 s trigger, a fresh checkpoint in
+    `workdir`, no alerts nor verdicts queries; `options`: more of the job's options."""
+    return start_until_up(
+        [sys.executable, "-m", "streaming", "--topic", topic, "--scoring", scoring,
+         "--kudu-table", impala_kudu_table_name(SQL_TABLE), "--trigger-seconds", "1", "--no-alerts",
+         "--no-verdicts", "--checkpoint", str(workdir / f"checkpoint-{scoring}"),
+         "--health-file", str(workdir / f"job-{scoring}.health"), *options],
+        workdir / f"job-{scoring}.health", f"streaming job ({scoring})", log, env={**os.environ, **settings})
 
 
 def stack_process_groups(cfg: StackConfig) -> dict[str, int]:

@@ -75,6 +75,7 @@ from contract import ID_FIELD, LABEL, MODEL_VERSION, SENSOR_FIELDS, TABLE_COLUMN
 from runtime.health import Health, HealthReporter
 from runtime.metrics import start_metrics_server
 from runtime.retry import Backoff
+from runtime.spark import keep_jars_off_the_python_path, quiet_per_record_warnings
 from runtime.waiting import http_ok, port_open
 from streaming.alerts_query import QueryIdentity, alerts_stream, scored_records, write_alerts
 from streaming.metrics import JobMetrics
@@ -461,7 +462,7 @@ def write_batch_dead_letters(batch: DataFrame, scored: DataFrame, classified: Da
 
 
 def report_batch(status: JobStatus, batch_id: int, summary: Summary, counts: dict[str, int], started: float,
-                 scoring_s: float) -> None:
+                 scoring_s: float, kudu_s: float) -> None:
     """The batch's one log line, and its counts into the job's status."""
     total_s = time.monotonic() - started
     rows, conflicts, replayed = counts.get("new", 0), counts.get("conflict", 0), counts.get("same", 0)
@@ -470,7 +471,7 @@ def report_batch(status: JobStatus, batch_id: int, summary: Summary, counts: dic
     status.metrics.batch_done(rows, replayed, summary.dead, conflicts, scoring_s, total_s, age_s)
     line = (f"batch {batch_id}: {rows} rows, {summary.dead} dead-lettered, {conflicts} conflicts, {replayed} "
             f"already stored, {rows / total_s if total_s else 0:.0f} rows/s, scoring {scoring_s:.2f} s, "
-            f"write {total_s - scoring_s:.2f} s, lag {lag_s}")
+            f"write {total_s - scoring_s:.2f} s (Kudu {kudu_s:.2f} s), lag {lag_s}")
     status.batch_done(rows, summary.dead + conflicts, conflicts, line)
     log.info(line)
 
@@ -500,13 +501,14 @@ def write_batch(args: argparse.Namespace, access_key: str, status: JobStatus):
                 return
             scoring_s = time.monotonic() - started
             classified, counts = write_scored(spark, scored, summary, batch_id, ctx)
+            kudu_s = time.monotonic() - started - scoring_s
             publish_scored(classified, batch_id, ctx)
             write_batch_dead_letters(batch, scored, classified, summary, counts, batch_id, ctx)
         finally:
             scored.unpersist()
             if classified is not None:
                 classified.unpersist()
-        report_batch(status, batch_id, summary, counts, started, scoring_s)
+        report_batch(status, batch_id, summary, counts, started, scoring_s, kudu_s)
 
     return process
 
@@ -740,6 +742,9 @@ def main(argv: list[str] | None = None) -> int:
              .config("spark.sql.shuffle.partitions", "1")  # only the per-batch summary shuffles
              .getOrCreate())
     spark.sparkContext.setLogLevel("WARN")
+    quiet_per_record_warnings(spark.sparkContext)
+    log.info("the Python workers' path leaves out the connectors' jars: %s",
+             ", ".join(keep_jars_off_the_python_path(spark.sparkContext)) or "none were on it")
     try:
         return run(spark, args, access_key, status)
     finally:
