@@ -2,7 +2,7 @@
 
 Usage (the local stack must be up: `make up`):
     python -m bench.job_bench [--readings 100000] [--rounds 2] [--max-offsets-per-trigger 200000]
-                              [--trigger-seconds 1] [--json FILE]
+                              [--trigger-seconds 1] [--job-args 'OPTIONS'] [--json FILE]
 
 Starts a streaming job of its own (batch scoring, Kafka topic of its own -> Kudu table `sensors_bench`, a fresh
 checkpoint; no alerts nor verdicts queries), then, for each round: produces --readings readings to the topic (100
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import tempfile
@@ -74,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-offsets-per-trigger", type=int, default=200_000,
                         help="the job's limit on records per micro-batch (default 200,000, the job's own)")
     parser.add_argument("--trigger-seconds", type=float, default=1.0, help="the job's trigger (default 1 s)")
+    parser.add_argument("--job-args", default="", metavar="'OPTIONS'",
+                        help="more of the job's options, as one string (e.g. '--kafka-option max.poll.records=5000')")
     parser.add_argument("--timeout", type=float, default=1800, help="give up on a round after this many seconds")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rounds' figures to FILE")
     return parser.parse_args(argv)
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="jbench-") as workdir:
             job = start_job(settings, topic, "batch", Path(workdir), log, "--max-offsets-per-trigger",
-                            str(args.max_offsets_per_trigger), "--trigger-seconds", str(args.trigger_seconds))
+                            str(args.max_offsets_per_trigger), "--trigger-seconds", str(args.trigger_seconds),
+                            *shlex.split(args.job_args))
             try:
                 for number in range(1, args.rounds + 1):
                     records = readings(args.readings, time.time_ns() // 1000)
