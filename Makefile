@@ -6,7 +6,7 @@ PY := .venv/bin/python
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up up-cluster down status demo dashboard test drills audit lint clean train experiments mlflow-ui bench bench-model bench-edge bench-pipeline simulate lab lab-reset compose-secrets compose-e2e
+.PHONY: help setup up up-cluster down status demo dashboard test drills audit lint clean train experiments mlflow-ui bench bench-model bench-edge bench-job bench-pipeline simulate lab lab-reset compose-secrets compose-e2e
 
 # `make lab-reset 9` as well as `make lab-reset N=9`: the words after lab-reset are its argument, not targets.
 ifeq (lab-reset,$(firstword $(MAKECMDGOALS)))
@@ -65,7 +65,7 @@ mlflow-ui: ## MLflow's UI over the project's runs, on http://127.0.0.1:5000
 	@$(PY) -m mlflow ui --backend-store-uri "$$($(PY) -c 'from model.registry import tracking_uri; print(tracking_uri())')" \
 		--host 127.0.0.1 --port 5000
 
-bench: bench-model bench-edge bench-pipeline ## every benchmark
+bench: bench-model bench-edge bench-job bench-pipeline ## every benchmark
 
 bench-edge: up ## simulator -> Mosquitto -> gateway -> Kafka msg/s, and the gateway's ceiling from an MQTT backlog
 	@$(PY) -m bench.edge_bench
@@ -78,6 +78,9 @@ lab-reset: up ## put the stack in the state lab N expects (make lab-reset 9, or 
 
 simulate: up ## lab 3: run the sensor simulator as the workshop did (one reading a second; Ctrl-C stops)
 	@$(PY) -m simulator simulator/mqtt.iot.config
+
+bench-job: up ## the streaming job alone draining a Kafka backlog into Kudu: records/s and CPU per record, cold and warm
+	@$(PY) -m bench.job_bench
 
 bench-pipeline: up ## MQTT in -> queryable in Kudu: records/s, p50/p99 latency, CPU per stage; batch vs per-record scoring
 	@$(PY) -m bench.pipeline_bench
