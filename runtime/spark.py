@@ -85,7 +85,8 @@ def keep_jars_off_the_python_path(context: pyspark.SparkContext) -> list[str]:
 # Loggers that write a line per record, each line with nothing new in it.
 PER_RECORD_WARNINGS = (
     # "KafkaDataConsumer is not running in UninterruptibleThread": at every record a Python UDF's input thread
-    # reads (mapInPandas reads Kafka in such a thread); 150,000 lines for 150,000 readings, 18% of the driver's CPU.
+    # reads (mapInPandas reads Kafka in such a thread); 152,623 lines for 150,000 readings, 18% of the JVM's
+    # Java samples.
     "org.apache.spark.sql.kafka010.consumer.KafkaDataConsumer",
 )
 
