@@ -101,10 +101,6 @@ READINGS_QUERY, ALERTS_QUERY, VERDICTS_QUERY = "readings", "alerts", "verdicts"
 DATA_LOSS_EXIT = 3
 STUCK_EXIT = 4
 UNPROCESSABLE_AFTER = 5  # failures in a row, none blaming a dependency, before a batch is dead-lettered whole
-# A write to Kudu or Kafka this long without an answer is waiting on it: the health says so at once, not only when
-# the client gives up (a write to a stopped tablet server failed only after ~63 s, two of Kudu's 30 s timeouts).
-SLOW_CALL_S = 20.0
-CALLED_DEPENDENCIES = ("kudu", "kafka")
 log = logging.getLogger("streaming")
 T = TypeVar("T")
 
@@ -122,41 +118,30 @@ def read_kafka(spark: SparkSession, args: argparse.Namespace, topic: str) -> Dat
             .select(*INPUT_COLUMNS))
 
 
-@dataclass(frozen=True)
-class Call:
-    """A call to a dependency under way: since when (the status's clock)."""
-    dependency: str
-    what: str
-    since: float
-
-
 class JobStatus:
     """What the job is doing, shared by the batch function and the main loop; `assess()` is its health."""
 
-    def __init__(self, stuck_batch_s: float, metrics: JobMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, stuck_batch_s: float, metrics: JobMetrics | None = None):
         self.metrics = metrics or JobMetrics()
-        self.clock = clock
         self.lock = threading.Lock()
-        self.calls: dict[int, Call] = {}  # by thread: the queries' batches run side by side
         self.state, self.waiting_on, self.detail = "starting", None, "starting the query"
         self.batch_started: float | None = None
         self.stuck_batch_s = stuck_batch_s
         self.idle_problem: tuple[str, str] | None = None
         self.counters = {"batches": 0, "rows": 0, "dead_lettered": 0, "conflicts": 0, "retries": 0,
                          "unprocessable_batches": 0, "verdicts": 0, "verdicts_dead_lettered": 0}
-        self.last_batch_at = clock()
+        self.last_batch_at = time.monotonic()
 
     def set(self, state: str, detail: str, waiting_on: str | None = None) -> None:
         with self.lock:
             self.state, self.detail, self.waiting_on = state, detail, waiting_on
 
     def batch_begins(self) -> None:
-        self.batch_started = self.clock()
+        self.batch_started = time.monotonic()
 
     def batch_done(self, rows: int, dead: int, conflicts: int, detail: str) -> None:
         with self.lock:
-            self.batch_started, self.last_batch_at = None, self.clock()
+            self.batch_started, self.last_batch_at = None, time.monotonic()
             self.counters["batches"] += 1
             self.counters["rows"] += rows
             self.counters["dead_lettered"] += dead
@@ -173,34 +158,11 @@ class JobStatus:
     def stuck_for(self) -> float:
         """Seconds the running batch has run without waiting on a dependency (0 if none runs or it waits)."""
         started = self.batch_started
-        return self.clock() - started if started and self.state == "up" else 0.0
-
-    @contextlib.contextmanager
-    def calling(self, dependency: str, what: str):
-        """Around a call to `dependency`: a call to Kudu or Kafka unanswered for SLOW_CALL_S makes the health say
-        the job waits on it."""
-        if dependency not in CALLED_DEPENDENCIES:
-            yield
-            return
-        thread = threading.get_ident()
-        self.calls[thread] = Call(dependency, what, self.clock())
-        try:
-            yield
-        finally:
-            self.calls.pop(thread, None)
-
-    def overdue(self) -> Call | None:
-        """The longest-running call to a dependency past SLOW_CALL_S, if any."""
-        late = [call for call in list(self.calls.values()) if self.clock() - call.since > SLOW_CALL_S]
-        return min(late, key=lambda call: call.since, default=None)
+        return time.monotonic() - started if started and self.state == "up" else 0.0
 
     def assess(self) -> Health:
         with self.lock:
             counters = dict(self.counters)
-            late = self.overdue() if self.state == "up" else None
-            if late:
-                return Health("degraded", f"{late.what}: no answer from {late.dependency} for "
-                              f"{self.clock() - late.since:.0f} s", late.dependency, counters=counters)
             if self.stuck_for() > self.stuck_batch_s:
                 return Health("degraded", f"a batch has run for {self.stuck_for():.0f} s", counters=counters)
             if self.state == "up" and self.idle_problem:
@@ -232,8 +194,7 @@ def until_done(status: JobStatus, phase: str, what: str, action: Callable[[], T]
     blameless = failures = 0
     while True:
         try:
-            with status.calling(phase, what):
-                result = action()
+            result = action()
             backoff.reset()
             if failures:
                 status.set("up", f"{what}: done after {failures} failure(s)")
@@ -694,7 +655,7 @@ def run(spark: SparkSession, args: argparse.Namespace, access_key: str, status: 
                          args.edge_verdicts_kudu_table, args.verdicts_checkpoint)
             status.set("up", "query running, waiting for the first batch")
             while not spark.streams.awaitAnyTermination(5):
-                quiet = status.clock() - status.last_batch_at > 10
+                quiet = time.monotonic() - status.last_batch_at > 10
                 status.idle_problem = idle_problem(args) if quiet else None
                 if status.counters["batches"]:
                     backoff.reset()

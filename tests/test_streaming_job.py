@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import threading
 import traceback
 from pathlib import Path
 
@@ -176,47 +175,6 @@ def test_a_model_outage_is_told_by_name_through_sparks_wrapping():
     assert dependency_of(wrapped, "score") == "model"
     assert first_line(wrapped).startswith("model.client.ModelUnavailable: model server http://m:8000/predict/batch "
                                           "failed 3 time(s); last: HTTP 401: wrong key")
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.mark.parametrize("phase, waited_on", [("kudu", "kudu"), ("kafka", "kafka"), ("score", None)])
-def test_while_a_write_goes_unanswered_the_health_says_what_it_waits_on(phase, waited_on):
-    from runtime.retry import Backoff
-    from streaming.kafka_to_kudu import SLOW_CALL_S, JobStatus, until_done
-
-    clock, called, answer = Clock(), threading.Event(), threading.Event()
-    status = JobStatus(stuck_batch_s=300, clock=clock)
-    status.set("up", "batch 3: 10 rows")
-
-    def write() -> str:
-        called.set()
-        assert answer.wait(10)
-        return "written"
-
-    result = []
-    caller = threading.Thread(target=lambda: result.append(until_done(status, phase, "batch 4: writing", write,
-                                                                      Backoff(1, 30))))
-    caller.start()
-    assert called.wait(10)
-    clock.now += SLOW_CALL_S - 1
-    assert status.assess().state == "up"  # a write may take a while
-    clock.now += 2
-    health = status.assess()
-    if waited_on:
-        assert (health.state, health.waiting_on) == ("degraded", waited_on)
-        assert health.detail == f"batch 4: writing: no answer from {waited_on} for {SLOW_CALL_S + 1:.0f} s"
-    else:  # reading and scoring: which dependency is slow cannot be told (the batch's own limit covers it)
-        assert health.state == "up"
-    answer.set()
-    caller.join(10)
-    assert result == ["written"] and status.assess().state == "up"
 
 
 class SwappingServer:
