@@ -4,6 +4,7 @@ images, no secrets, every variable each part reads; and the parts run unchanged 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from sql.client import query
 from stack import services as local_services
 from stack.compose import COMPOSE_FILE, compose_settings, interpolate, load_compose
 from stack.config import StackConfig, load_config
+from stack.process import kill_group
 from streaming.__main__ import SETTINGS as STREAMING_SETTINGS
 from streaming.__main__ import job_command
 
@@ -220,12 +222,27 @@ def test_gateway_model_server_and_job_run_unchanged_on_the_settings_compose_give
         wait_until(scored_rows, 240, f"{readings} scored rows in Kudu")
         assert query(f"select count(*) {mine}", cfg.host, cfg.sql_port)[0][0] == readings
     finally:
-        for part in parts:
+        try:
+            stop_parts(parts)
+        finally:  # the stack's own gateway comes back whatever happened: the later tests need it
+            log.close()
+            local_stack.up(["gateway"])
+
+
+def stop_parts(parts: list[subprocess.Popen]) -> None:
+    """SIGTERM each part's process group; one still running 60 s later is killed and named (the test fails)."""
+    for part in parts:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(part.pid, signal.SIGTERM)
-        for part in parts:
+    hung = []
+    for part in parts:
+        try:
             part.wait(timeout=60)
-        log.close()
-        local_stack.up(["gateway"])
+        except subprocess.TimeoutExpired:
+            kill_group(part.pid)
+            part.wait(timeout=30)
+            hung.append(" ".join(part.args[:4]))
+    assert not hung, f"did not stop within 60 s of SIGTERM: {hung}"
 
 
 # --- The profiles: the same settings as the local stack's profiles, and the memory the file states -----------------
