@@ -26,13 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaProducer
 
 from bench.pipeline_bench import BenchTableScanner, drop_table, interrupt, prepare_table, start_job
 from bench.processes import group_cpu_seconds, stop_group
 from contract import ID_FIELD, SENSOR_FIELDS, TS_FIELD
 from model.data import load_history
-from runtime.kafka import ensure_topic
+from runtime.kafka import delete_topic, ensure_topic
 from runtime.settings import connection_settings, require
 from runtime.waiting import wait_until
 from stack.config import load_config
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="jbench-") as workdir:
             job = start_job(settings, topic, "batch", Path(workdir), log, "--max-offsets-per-trigger",
-                            str(args.max_offsets_per_trigger), "--trigger-seconds", str(args.trigger_seconds),
-                            *shlex.split(args.job_args))
+                            str(args.max_offsets_per_trigger), *shlex.split(args.job_args),
+                            trigger_s=args.trigger_seconds)
             try:
                 for number in range(1, args.rounds + 1):
                     records = readings(args.readings, time.time_ns() // 1000)
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: the bench's job, topic and table are removed; no figures", file=sys.stderr)
         return 130
     finally:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        admin.delete_topics([topic])
-        admin.close()
+        delete_topic(bootstrap, topic)
         drop_table(settings)
     if args.json:
         options = {key: value for key, value in vars(args).items() if key != "json"}

@@ -45,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from kafka import KafkaAdminClient
 
 from bench.browser import Browser, headless_chromium
 from bench.processes import (
@@ -56,7 +55,7 @@ from bench.processes import (
     start_until_up,
     stop_group,
 )
-from runtime.kafka import ensure_topic
+from runtime.kafka import delete_topic, ensure_topic
 from runtime.kudu import kudu_environment
 from runtime.settings import REPO_ROOT, connection_settings, require
 from runtime.waiting import wait_until
@@ -261,21 +260,19 @@ class Pipeline:
             forget_sessions(self.settings, self.gateway_id, self.gateway_workers)
         finally:
             stop_group(self.job)
-            admin = KafkaAdminClient(bootstrap_servers=self.settings["KAFKA_BOOTSTRAP"])
-            admin.delete_topics([self.topic])
-            admin.close()
+            delete_topic(self.settings["KAFKA_BOOTSTRAP"], self.topic)
 
     def process_groups(self) -> dict[str, int]:
         return {"gateway": self.gateway.pid, "streaming job": self.job.pid}
 
 
 def start_job(settings: dict[str, str], topic: str, scoring: str, workdir: Path, log: Path,
-              *options: str) -> subprocess.Popen:
-    """A streaming job of the bench's own: Kafka `topic` -> the bench table, 1 s trigger, a fresh checkpoint in
-    `workdir`, no alerts nor verdicts queries; `options`: more of the job's options."""
+              *options: str, trigger_s: float = 1.0) -> subprocess.Popen:
+    """A streaming job of the bench's own: Kafka `topic` -> the bench table, a fresh checkpoint in `workdir`, no
+    alerts nor verdicts queries; `options`: more of the job's options."""
     return start_until_up(
         [sys.executable, "-m", "streaming", "--topic", topic, "--scoring", scoring,
-         "--kudu-table", impala_kudu_table_name(SQL_TABLE), "--trigger-seconds", "1", "--no-alerts",
+         "--kudu-table", impala_kudu_table_name(SQL_TABLE), "--trigger-seconds", str(trigger_s), "--no-alerts",
          "--no-verdicts", "--checkpoint", str(workdir / f"checkpoint-{scoring}"),
          "--health-file", str(workdir / f"job-{scoring}.health"), *options],
         workdir / f"job-{scoring}.health", f"streaming job ({scoring})", log, env={**os.environ, **settings})

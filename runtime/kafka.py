@@ -124,3 +124,12 @@ def ensure_topic(bootstrap: str, name: str, partitions: int = 1, replication: in
         return True
     finally:
         admin.close()
+
+
+def delete_topic(bootstrap: str, name: str) -> None:
+    """Delete topic `name` (the benchmarks' own topics, when they end)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics([name])
+    finally:
+        admin.close()
