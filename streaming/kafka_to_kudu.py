@@ -37,8 +37,9 @@ With --metrics-port the driver serves Prometheus metrics (streaming/metrics.py).
 
 Nothing stops the job for longer than an outage: while the model server, Kudu or Kafka is away, the batch waits
 with capped backoff and retries (rows already scored are not scored again while Kudu is away) and the health
-file says what it waits on. If Kafka deleted offsets the checkpoint still needs (retention), the job stops
-loudly (exit 3) unless --no-fail-on-data-loss.
+file says what it waits on (a write unanswered for 20 s to a node that is gone counts: streaming/probes.py). If
+Kafka deleted offsets the checkpoint still needs (retention), the job stops loudly (exit 3) unless
+--no-fail-on-data-loss.
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ from runtime.health import Health, HealthReporter
 from runtime.metrics import start_metrics_server
 from runtime.retry import Backoff
 from runtime.spark import keep_jars_off_the_python_path, quiet_per_record_warnings
-from runtime.waiting import http_ok, port_open
 from streaming.alerts_query import QueryIdentity, alerts_stream, scored_records, write_alerts
 from streaming.metrics import JobMetrics
 from streaming.options import kafka_options, parse_args
+from streaming.probes import SLOW_CALL_S, idle_problem, overdue_problem
 from streaming.scoring import INPUT_COLUMNS, check_and_score
 from streaming.verdicts import CHECKED_SCHEMA, DEAD, VERDICT, check_verdicts, invalid_records, table_rows
 
@@ -118,30 +119,41 @@ def read_kafka(spark: SparkSession, args: argparse.Namespace, topic: str) -> Dat
             .select(*INPUT_COLUMNS))
 
 
+@dataclass(frozen=True)
+class Call:
+    """A write to a dependency under way, since when (the status's clock)."""
+    dependency: str
+    what: str
+    since: float
+
+
 class JobStatus:
     """What the job is doing, shared by the batch function and the main loop; `assess()` is its health."""
 
-    def __init__(self, stuck_batch_s: float, metrics: JobMetrics | None = None):
+    def __init__(self, stuck_batch_s: float, metrics: JobMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.metrics = metrics or JobMetrics()
+        self.clock = clock
         self.lock = threading.Lock()
         self.state, self.waiting_on, self.detail = "starting", None, "starting the query"
         self.batch_started: float | None = None
         self.stuck_batch_s = stuck_batch_s
-        self.idle_problem: tuple[str, str] | None = None
+        self.calls: dict[int, Call] = {}  # by thread: the queries' batches run side by side
+        self.probed_problem: tuple[str, str] | None = None  # (dependency, detail) the main loop's probes found
         self.counters = {"batches": 0, "rows": 0, "dead_lettered": 0, "conflicts": 0, "retries": 0,
                          "unprocessable_batches": 0, "verdicts": 0, "verdicts_dead_lettered": 0}
-        self.last_batch_at = time.monotonic()
+        self.last_batch_at = clock()
 
     def set(self, state: str, detail: str, waiting_on: str | None = None) -> None:
         with self.lock:
             self.state, self.detail, self.waiting_on = state, detail, waiting_on
 
     def batch_begins(self) -> None:
-        self.batch_started = time.monotonic()
+        self.batch_started = self.clock()
 
     def batch_done(self, rows: int, dead: int, conflicts: int, detail: str) -> None:
         with self.lock:
-            self.batch_started, self.last_batch_at = None, time.monotonic()
+            self.batch_started, self.last_batch_at = None, self.clock()
             self.counters["batches"] += 1
             self.counters["rows"] += rows
             self.counters["dead_lettered"] += dead
@@ -158,15 +170,45 @@ class JobStatus:
     def stuck_for(self) -> float:
         """Seconds the running batch has run without waiting on a dependency (0 if none runs or it waits)."""
         started = self.batch_started
-        return time.monotonic() - started if started and self.state == "up" else 0.0
+        return self.clock() - started if started and self.state == "up" else 0.0
+
+    def probed(self, problem: tuple[str, str] | None) -> None:
+        """What the main loop's probes found now (dependency, detail), or None; logged when the dependency changes."""
+        before = self.probed_problem[0] if self.probed_problem else None
+        if problem and problem[0] != before:
+            log.warning("waiting on %s: %s", *problem)
+        elif before and not problem:
+            log.info("%s answers again", before)
+        self.probed_problem = problem
+
+    def quiet_for(self) -> float:
+        """Seconds since the last batch ended (or the job started)."""
+        return self.clock() - self.last_batch_at
+
+    @contextlib.contextmanager
+    def calling(self, dependency: str, what: str):
+        """Around a call to `dependency` ("kudu", "kafka", ...): `overdue()` tells one that goes unanswered."""
+        thread = threading.get_ident()
+        self.calls[thread] = Call(dependency, what, self.clock())
+        try:
+            yield
+        finally:
+            self.calls.pop(thread, None)
+
+    def overdue(self) -> tuple[Call, float] | None:
+        """The longest-running write to Kudu or Kafka unanswered for SLOW_CALL_S, and for how long, if any."""
+        late = [call for call in list(self.calls.values())
+                if call.dependency in ("kudu", "kafka") and self.clock() - call.since > SLOW_CALL_S]
+        first = min(late, key=lambda call: call.since, default=None)
+        return (first, self.clock() - first.since) if first else None
 
     def assess(self) -> Health:
         with self.lock:
             counters = dict(self.counters)
             if self.stuck_for() > self.stuck_batch_s:
                 return Health("degraded", f"a batch has run for {self.stuck_for():.0f} s", counters=counters)
-            if self.state == "up" and self.idle_problem:
-                return Health("degraded", self.idle_problem[1], self.idle_problem[0], counters=counters)
+            if self.state == "up" and self.probed_problem:
+                return Health("degraded", self.probed_problem[1], self.probed_problem[0], counters=counters)
             return Health(self.state, self.detail, self.waiting_on, counters=counters)
 
 
@@ -194,7 +236,8 @@ def until_done(status: JobStatus, phase: str, what: str, action: Callable[[], T]
     blameless = failures = 0
     while True:
         try:
-            result = action()
+            with status.calling(phase, what):
+                result = action()
             backoff.reset()
             if failures:
                 status.set("up", f"{what}: done after {failures} failure(s)")
@@ -488,18 +531,14 @@ def dead_letter_whole_batch(batch: DataFrame, batch_id: int, problem: str, topic
     return batch.count()
 
 
-def idle_problem(args: argparse.Namespace) -> tuple[str, str] | None:
-    """With no batch for a while, check that the dependencies still answer: an idle job must not claim `up`."""
-    try:
-        if not http_ok(f"{args.model_url}/health"):
-            return "model", f"the model server at {args.model_url} is not healthy"
-    except Exception as exc:  # noqa: BLE001 - any failure to answer is the problem
-        return "model", f"the model server at {args.model_url} does not answer ({type(exc).__name__})"
-    for what, servers in (("kafka", args.bootstrap_servers), ("kudu", args.kudu_master)):
-        addresses = [s.strip() for s in servers.split(",") if s.strip()]
-        if not any(port_open(*address.rsplit(":", 1), timeout_s=2.0) for address in addresses):
-            return what, f"nothing answers at {servers} ({what})"
-    return None
+def probed_problem(spark: SparkSession, args: argparse.Namespace, status: JobStatus) -> tuple[str, str] | None:
+    """What the dependencies' probes (streaming/probes.py) find wrong: about a write unanswered for long, or, with
+    no batch for 10 s, about the dependencies an idle job would need."""
+    late = status.overdue()
+    if late:
+        call, waited_s = late
+        return overdue_problem(spark, args, call.dependency, call.what, waited_s)
+    return idle_problem(args) if status.quiet_for() > 10 else None
 
 
 DATA_LOSS_MARKER = "Some data may have been lost because they are not available in Kafka any more"
@@ -655,8 +694,7 @@ def run(spark: SparkSession, args: argparse.Namespace, access_key: str, status: 
                          args.edge_verdicts_kudu_table, args.verdicts_checkpoint)
             status.set("up", "query running, waiting for the first batch")
             while not spark.streams.awaitAnyTermination(5):
-                quiet = time.monotonic() - status.last_batch_at > 10
-                status.idle_problem = idle_problem(args) if quiet else None
+                status.probed(probed_problem(spark, args, status))
                 if status.counters["batches"]:
                     backoff.reset()
                 exit_if_stuck(status, args.stuck_batch_seconds)
