@@ -1,4 +1,4 @@
-"""runtime.spark with a real spark-submit: the connectors' jars stay off the Python workers' path, and the loggers
+"""runtime.spark with a real spark-submit: the jars stay off the Python workers' path, and the loggers
 that write a line per record log errors only (no services)."""
 
 from __future__ import annotations
@@ -48,3 +48,38 @@ def test_the_connectors_jars_stay_off_the_workers_python_path_and_per_record_war
     # What stays is Spark's own core jar, which PySpark's worker factory always puts on the workers' PYTHONPATH.
     assert all(jar.startswith("spark-core_") for jar in seen["after"]), seen
     assert seen["levels"] == {"org.apache.spark.sql.kafka010.consumer.KafkaDataConsumer": "ERROR"}
+
+
+REUSED_WORKER_APP = """\
+import json, os, sys, zipimport
+from pyspark.sql import SparkSession
+from runtime.spark import skip_zip_rereads_in_this_worker
+
+spark = SparkSession.builder.getOrCreate()
+
+def a_task(skip):
+    def task(_):
+        zips = [path for path, finder in sys.path_importer_cache.items() if isinstance(finder, zipimport.zipimporter)]
+        taken_out = skip_zip_rereads_in_this_worker() if skip else []
+        return os.getpid(), zips, taken_out, [path for path in sys.path if path.endswith(".jar")]
+    return spark.sparkContext.parallelize([0], 1).map(task).collect()[0]
+
+print(json.dumps({"first": a_task(skip=True), "second": a_task(skip=False)}))
+"""
+
+
+def test_a_worker_that_skipped_the_zip_rereads_runs_its_next_tasks_without_them(tmp_path):
+    cfg = load_config()
+    app = tmp_path / "reused_worker.py"
+    app.write_text(REUSED_WORKER_APP)
+    command = spark_submit_command(cfg.host, ivy=cfg.ivy_dir, app=[str(app)], master="local[1]",
+                                   conf={"spark.ui.enabled": "false", "spark.python.worker.reuse": "true"})
+    result = subprocess.run(command, env=spark_environment(cfg.host), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    (first_pid, zips, taken_out, jars), (second_pid, zips_later, _, jars_later) = seen["first"], seen["second"]
+    names = [path.rsplit("/", 1)[-1] for path in zips]
+    # A task's worker re-reads these (importlib.invalidate_caches): pyspark.zip's packages, Spark's core jar.
+    assert "pyspark.zip" in names and any(name.startswith("spark-core_") for name in names), seen
+    assert set(zips) <= set(taken_out) and jars == [], seen
+    assert second_pid == first_pid and zips_later == [] and jars_later == [], seen  # the same worker: none since
