@@ -18,7 +18,7 @@
                                                      `written` to Kudu `edge_verdicts` (insert-ignore: a repeat is
                                                      counted, not stored twice) or `dead_lettered`
 
-The batch function and the query listener only call the methods below; a scrape never waits on the job.
+The batch function and the main loop only call the methods below; a scrape never waits on the job.
 """
 
 from __future__ import annotations
@@ -90,19 +90,21 @@ class JobMetrics:
         self.verdicts.labels("written").inc(written)
         self.verdicts.labels("dead_lettered").inc(dead_lettered)
 
-    def progress(self, sources: list) -> None:
-        """From a query's progress (its sources' latest and end offsets): the records not read yet."""
+    def progress(self, sources: list[dict]) -> None:
+        """From the readings query's last progress (`StreamingQuery.lastProgress["sources"]`: each source's latest
+        and end offsets): the records not read yet."""
         behind = 0
         for source in sources:
-            latest, end = _offsets(source.latestOffset), _offsets(source.endOffset)
+            latest, end = _offsets(source.get("latestOffset")), _offsets(source.get("endOffset"))
             behind += sum(max(offset - end.get(key, 0), 0) for key, offset in latest.items())
         self.kafka_lag.set(behind)
 
 
-def _offsets(text: str | None) -> dict[tuple[str, str], int]:
-    """Spark's Kafka offsets JSON ({"topic": {"partition": offset}}) flattened; {} for anything else."""
+def _offsets(offsets: object) -> dict[tuple[str, str], int]:
+    """Spark's Kafka offsets ({"topic": {"partition": offset}}, or that as JSON text) flattened; {} for anything
+    else."""
     try:
-        parsed = json.loads(text) if text else {}
+        parsed = json.loads(offsets) if isinstance(offsets, str) else offsets or {}
         return {(topic, partition): int(offset) for topic, partitions in parsed.items()
                 for partition, offset in partitions.items()}
     except (ValueError, TypeError, AttributeError):

@@ -3,8 +3,6 @@ Prometheus parses them."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,13 +39,16 @@ def test_a_batch_counts_rows_dead_letters_and_times():
     assert abs(seen[("iot_streaming_write_seconds_sum", ())] - 0.3) < 1e-9
 
 
-def source(latest: str | None, end: str | None) -> SimpleNamespace:
-    return SimpleNamespace(latestOffset=latest, endOffset=end)
+def source(latest: object, end: object) -> dict:
+    """A source of a query's `lastProgress` (Spark writes the offsets as JSON objects)."""
+    return {"description": "KafkaV2[Subscribe[iot]]", "latestOffset": latest, "endOffset": end}
 
 
 def test_kafka_lag_is_what_spark_saw_beyond_what_it_read():
     metrics = JobMetrics()
-    metrics.progress([source('{"iot": {"0": 120, "1": 50}}', '{"iot": {"0": 100, "1": 50}}')])
+    metrics.progress([source({"iot": {"0": 120, "1": 50}}, {"iot": {"0": 100, "1": 50}})])
     assert samples(metrics)[("iot_streaming_kafka_lag_records", ())] == 20
+    metrics.progress([source('{"iot": {"0": 130}}', '{"iot": {"0": 100}}')])  # or as JSON text
+    assert samples(metrics)[("iot_streaming_kafka_lag_records", ())] == 30
     metrics.progress([source("not json", None)])  # nothing readable: no lag claimed
     assert samples(metrics)[("iot_streaming_kafka_lag_records", ())] == 0
