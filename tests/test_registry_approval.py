@@ -37,6 +37,7 @@ from model.registry import (
 )
 from model.server import create_app
 from model.train import train
+from runtime.settings import CONNECTION_VARIABLES
 from tests.fixtures.model_server import AUTH, KEY
 
 
@@ -178,10 +179,16 @@ def test_the_best_approved_version_ignores_pending_ones(tmp_path):
 def test_cli_lists_approves_and_rejects_versions(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "iot_model.joblib"))
     monkeypatch.delenv("MODEL_ONNX_DIR", raising=False)
+    # No connection settings: a stack running on this machine (its .stack/connection.env) must not get a rollout
+    # (one did: its edge agent was sent this test's version, and failed to fetch it).
+    monkeypatch.setenv("STACK_DIR", str(tmp_path))
+    for name in CONNECTION_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     pending, approved, rejected = small(), small(), small()
     model_cli.main(["approve", str(approved), "--by", "alice"])
     said = capsys.readouterr().out
     assert f"approved model version {approved} as alice" in said and "ONNX parity ok" in said
+    assert "no MQTT_HOST known (.stack/connection.env): no rollout to the edge" in said
     assert f"edge artifact stored: {tmp_path / 'onnx' / f'v{approved}.onnx'}" in said
     model_cli.main(["reject", str(rejected), "--by", "bob", "--reason", "overfits"])
     assert f"rejected model version {rejected} (was pending) as bob" in capsys.readouterr().out
