@@ -39,12 +39,12 @@ from gateway.bridge import (
     RECORD_ERRORS,
     GatewaySettings,
     as_header,
-    kafka_answers,
     mqtt_client,
 )
 from runtime.health import Health
 from runtime.retry import Backoff
 from runtime.settings import ALERTS_TOPIC, MQTT_ALERTS_PREFIX
+from runtime.waiting import any_answers
 
 log = logging.getLogger("gateway.alerts")
 T = TypeVar("T")
@@ -237,7 +237,7 @@ class AlertForwarder:
     def _kafka_absence(self) -> str | None:
         """Why Kafka is not there, or None if a bootstrap server answers."""
         bootstrap = self.settings.kafka_bootstrap
-        return None if kafka_answers(bootstrap) else f"no Kafka bootstrap server answers at {bootstrap}"
+        return None if any_answers(bootstrap) else f"no Kafka bootstrap server answers at {bootstrap}"
 
     def _until_done(self, what: str, action: Callable[[], T]) -> T | None:
         """`action()` until it succeeds, waiting out Kafka's absence with capped backoff; None if told to stop."""

@@ -62,7 +62,7 @@ from runtime.health import Health
 from runtime.mqtt import BufferedClient
 from runtime.retry import Backoff
 from runtime.settings import DEAD_LETTER_TOPIC, IOT_TOPIC, MQTT_TOPIC_FILTER, MQTT_VERDICTS_FILTER, VERDICTS_TOPIC
-from runtime.waiting import port_open
+from runtime.waiting import any_answers
 
 log = logging.getLogger("gateway")
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our subscription and queued messages this long while we are away
@@ -257,12 +257,6 @@ class Counters:
 def as_header(text: str) -> bytes:
     """A dead letter's header value: `text` as UTF-8, any lone surrogate escaped (never raises)."""
     return text.encode("utf-8", "backslashreplace")
-
-
-def kafka_answers(bootstrap: str) -> bool:
-    """Whether any of the bootstrap servers ("host:port,host:port") accepts a TCP connection."""
-    servers = [s.strip() for s in bootstrap.split(",") if s.strip()]
-    return any(port_open(*server.rsplit(":", 1), timeout_s=2.0) for server in servers)
 
 
 def route(message: mqtt.MQTTMessage, settings: GatewaySettings, connection: int) -> Outgoing:
@@ -543,7 +537,7 @@ class GatewayWorker:
         if now - self._last_progress < PING_INTERVAL_S:
             self._kafka_unreachable = None
             return
-        if kafka_answers(self.settings.kafka_bootstrap):
+        if any_answers(self.settings.kafka_bootstrap):
             self._kafka_unreachable = None
         else:
             self._kafka_unreachable = f"no Kafka bootstrap server answers at {self.settings.kafka_bootstrap}"

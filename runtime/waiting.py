@@ -43,6 +43,18 @@ def port_open(host: str, port: int | str, timeout_s: float = 1.0) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def unanswered(servers: str | list[str], timeout_s: float = 2.0) -> list[str]:
+    """The `host:port` addresses of `servers` (a list, or comma-separated like Kafka's bootstrap servers and Kudu's
+    masters) where nothing accepts a TCP connection."""
+    found = [server.strip() for server in (servers.split(",") if isinstance(servers, str) else servers)]
+    return [server for server in found if server and not port_open(*server.rsplit(":", 1), timeout_s=timeout_s)]
+
+
+def any_answers(servers: str) -> bool:
+    """Whether any `host:port` of the comma-separated `servers` accepts a TCP connection."""
+    return len(unanswered(servers)) < len([server for server in servers.split(",") if server.strip()])
+
+
 def http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=2) as response:
         return response.status == 200

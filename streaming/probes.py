@@ -16,20 +16,10 @@ import argparse
 
 from pyspark.sql import SparkSession
 
-from runtime.waiting import http_ok, port_open
+from runtime.waiting import any_answers, http_ok, unanswered
 
 SLOW_CALL_S = 20.0  # a write to Kudu or Kafka this long without an answer: check that its nodes are there
 LOOKUP_TIMEOUT_MS = 5_000  # asking Kudu's masters where the tablets are
-
-
-def addresses(servers: str) -> list[str]:
-    """`host:port` entries of a comma-separated list."""
-    return [server.strip() for server in servers.split(",") if server.strip()]
-
-
-def unanswered(servers: list[str]) -> list[str]:
-    """The `host:port` addresses where nothing answers."""
-    return [server for server in servers if not port_open(*server.rsplit(":", 1), timeout_s=2.0)]
 
 
 def idle_problem(args: argparse.Namespace) -> tuple[str, str] | None:
@@ -40,8 +30,7 @@ def idle_problem(args: argparse.Namespace) -> tuple[str, str] | None:
     except Exception as exc:  # noqa: BLE001 - any failure to answer is the problem
         return "model", f"the model server at {args.model_url} does not answer ({type(exc).__name__})"
     for what, servers in (("kafka", args.bootstrap_servers), ("kudu", args.kudu_master)):
-        found = addresses(servers)
-        if len(unanswered(found)) == len(found):
+        if not any_answers(servers):
             return what, f"nothing answers at {servers} ({what})"
     return None
 
@@ -67,7 +56,7 @@ def overdue_problem(spark: SparkSession, args: argparse.Namespace, dependency: s
     None when every node it needs answers (the write is slow, not stuck on an outage)."""
     waiting = f"{what}: no answer for {waited_s:.0f} s"
     if dependency == "kafka":
-        gone = unanswered(addresses(args.bootstrap_servers))
+        gone = unanswered(args.bootstrap_servers)
         return ("kafka", f"{waiting}; Kafka broker(s) {', '.join(gone)} do not answer") if gone else None
     if dependency != "kudu":
         return None

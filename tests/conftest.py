@@ -8,6 +8,7 @@ by name and never imports another test file (quix-streams' layout). Kafka helper
 - kudu_rows: `kudu_row_count`, `insert_reading`
 - drill_results: `drill_results` and the drills' table at the end of the run
 - drills: `drill_runner` (a steady stream, a fault, the time to recover, an exact reconciliation), and the faults
+- ports: `listening`, `closed` (loopback ports where something answers, or nothing)
 - edge: `edge_services` (Mosquitto and the model server alone), `edge_models`, `edge_watch`, `edge_agents`
 """
 
@@ -28,5 +29,6 @@ pytest_plugins = [
     "tests.fixtures.drill_results",
     "tests.fixtures.drills",
     "tests.fixtures.edge",
+    "tests.fixtures.ports",
 ]
 

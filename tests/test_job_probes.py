@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import threading
 
@@ -26,23 +25,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def listening() -> str:
-    """`127.0.0.1:port` where something answers (a socket listening), for the test's duration."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        yield f"127.0.0.1:{server.getsockname()[1]}"
-
-
-@pytest.fixture
-def closed() -> str:
-    """`127.0.0.1:port` where nothing answers (a port just freed)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
 def job_args(kafka: str, kudu: str = "127.0.0.1:1") -> argparse.Namespace:
