@@ -11,7 +11,8 @@
     iot_streaming_scoring_seconds                    reading, checking and scoring a batch (histogram)
     iot_streaming_write_seconds                      writing a batch: Kudu, iot.scored, dead letters (histogram)
     iot_streaming_kafka_lag_records                  records in Kafka `iot` the job has not read yet (after its
-                                                     last batch: Spark's latest offsets minus its end offsets)
+                                                     last batch: Spark's latest offsets minus its end offsets;
+                                                     NaN until the readings query first reports progress)
     iot_streaming_lag_seconds                        age of the oldest reading of the last batch when written
     iot_streaming_alerts_total{state}                alerts published (`likely_to_break`, `healthy`)
     iot_streaming_verdicts_total{outcome}            records of Kafka `iot.verdicts` (the edge agents' verdicts):
@@ -57,6 +58,7 @@ class JobMetrics:
                                buckets=SECONDS_BUCKETS, registry=r)
         self.kafka_lag = Gauge("iot_streaming_kafka_lag_records", "records in Kafka the job has not read yet",
                                registry=r)
+        self.kafka_lag.set(float("nan"))  # unknown, not 0: "caught up" must be something the job saw
         self.lag = Gauge("iot_streaming_lag_seconds", "age of the oldest reading of the last batch when written",
                          registry=r)
         self.alerts = Counter("iot_streaming_alerts", "alerts published", ["state"], registry=r)
@@ -92,7 +94,9 @@ class JobMetrics:
 
     def progress(self, sources: list[dict]) -> None:
         """From the readings query's last progress (`StreamingQuery.lastProgress["sources"]`: each source's latest
-        and end offsets): the records not read yet."""
+        and end offsets): the records not read yet. No sources (no progress yet): still unknown."""
+        if not sources:
+            return
         behind = 0
         for source in sources:
             latest, end = _offsets(source.get("latestOffset")), _offsets(source.get("endOffset"))

@@ -128,7 +128,7 @@ def exposition(received: int, produced: int, dead: dict[str, int], in_flight: in
     return generate_latest(registry).decode()
 
 
-def job_exposition(rows: int, dead: int, lag: int, batches: list[float]) -> str:
+def job_exposition(rows: int, dead: int, lag: float, batches: list[float]) -> str:
     registry = CollectorRegistry()
     Counter("iot_streaming_rows", "", registry=registry).inc(rows)
     Counter("iot_streaming_dead_lettered", "", ["kind"], registry=registry).labels("invalid").inc(dead)
@@ -163,6 +163,12 @@ def test_rates_come_from_the_counters_deltas_between_two_scrapes():
     assert kudu.rate == 10 and "90 rows written" in kudu.notes
     assert flow.links[1] == ("2 in flight",) and flow.links[2] == ("12 not read yet", "1.5 s behind")
     assert flow.model.state == DOWN and flow.model.rate is None
+
+
+def test_a_kafka_lag_the_job_does_not_know_yet_is_not_shown():
+    scrapes = [Scrape(float(t), parse_samples(exposition(10, 10, {})),
+                      parse_samples(job_exposition(5, 0, float("nan"), [0.4])), None, None) for t in (0, 2)]
+    assert compute_flow(scrapes).links[2] == ("1.5 s behind",)
 
 
 def test_a_source_that_does_not_answer_is_down_and_a_restarted_counter_is_not_negative():

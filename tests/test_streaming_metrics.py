@@ -3,6 +3,8 @@ Prometheus parses them."""
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -46,6 +48,8 @@ def source(latest: object, end: object) -> dict:
 
 def test_kafka_lag_is_what_spark_saw_beyond_what_it_read():
     metrics = JobMetrics()
+    metrics.progress([])  # no progress reported yet
+    assert math.isnan(samples(metrics)[("iot_streaming_kafka_lag_records", ())])  # unknown, not "caught up"
     metrics.progress([source({"iot": {"0": 120, "1": 50}}, {"iot": {"0": 100, "1": 50}})])
     assert samples(metrics)[("iot_streaming_kafka_lag_records", ())] == 20
     metrics.progress([source('{"iot": {"0": 130}}', '{"iot": {"0": 100}}')])  # or as JSON text
