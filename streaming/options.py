@@ -153,8 +153,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
              "reading, kept as the benchmark's baseline")
     add("--trigger-seconds", type=_number(float, 0.001, 86_400), default=1.0,
         help="micro-batch interval (default 1 s)")
-    add("--max-offsets-per-trigger", type=_number(int, 1), default=200_000,
-        help="upper bound of records per micro-batch (default 200,000)")
+    add("--max-offsets-per-trigger", type=_number(int, 1), default=50_000,
+        help="upper bound of records per micro-batch (default 50,000: as cheap per record as larger batches, "
+             "measured in bench/README.md, and a quarter of the memory and replay)")
     add("--checkpoint", type=_text("the checkpoint"), default=env.get("STREAMING_CHECKPOINT", DEFAULT_CHECKPOINT))
     add("--kafka-option", type=kafka_option, action="append", default=[], metavar="KEY=VALUE",
         help="a Kafka client setting for the source and the dead-letter sink, repeatable: e.g. "
