@@ -43,16 +43,25 @@ def port_open(host: str, port: int | str, timeout_s: float = 1.0) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _addresses(servers: str | list[str]) -> list[str]:
+    """The `host:port` entries of a list, or of a comma-separated text (Kafka's bootstrap servers, Kudu's masters)."""
+    found = servers.split(",") if isinstance(servers, str) else servers
+    return [server.strip() for server in found if server.strip()]
+
+
+def _answers(server: str, timeout_s: float) -> bool:
+    return port_open(*server.rsplit(":", 1), timeout_s=timeout_s)
+
+
 def unanswered(servers: str | list[str], timeout_s: float = 2.0) -> list[str]:
-    """The `host:port` addresses of `servers` (a list, or comma-separated like Kafka's bootstrap servers and Kudu's
-    masters) where nothing accepts a TCP connection."""
-    found = [server.strip() for server in (servers.split(",") if isinstance(servers, str) else servers)]
-    return [server for server in found if server and not port_open(*server.rsplit(":", 1), timeout_s=timeout_s)]
+    """The `host:port` addresses of `servers` (a list, or comma-separated) where nothing accepts a TCP connection."""
+    return [server for server in _addresses(servers) if not _answers(server, timeout_s)]
 
 
-def any_answers(servers: str) -> bool:
-    """Whether any `host:port` of the comma-separated `servers` accepts a TCP connection."""
-    return len(unanswered(servers)) < len([server for server in servers.split(",") if server.strip()])
+def any_answers(servers: str, timeout_s: float = 2.0) -> bool:
+    """Whether any `host:port` of the comma-separated `servers` accepts a TCP connection (the first that does ends
+    the search)."""
+    return any(_answers(server, timeout_s) for server in _addresses(servers))
 
 
 def http_ok(url: str) -> bool:
