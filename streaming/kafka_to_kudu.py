@@ -80,7 +80,7 @@ from runtime.spark import keep_jars_off_the_python_path, quiet_per_record_warnin
 from streaming.alerts_query import QueryIdentity, alerts_stream, scored_records, write_alerts
 from streaming.metrics import JobMetrics
 from streaming.options import kafka_options, parse_args
-from streaming.probes import SLOW_CALL_S, idle_problem, overdue_problem
+from streaming.probes import OVERDUE_PROBES, SLOW_CALL_S, idle_problem, overdue_problem
 from streaming.scoring import INPUT_COLUMNS, check_and_score
 from streaming.verdicts import CHECKED_SCHEMA, DEAD, VERDICT, check_verdicts, invalid_records, table_rows
 
@@ -196,9 +196,10 @@ class JobStatus:
             self.calls.pop(thread, None)
 
     def overdue(self) -> tuple[Call, float] | None:
-        """The longest-running write to Kudu or Kafka unanswered for SLOW_CALL_S, and for how long, if any."""
+        """The longest-running write the probes can check (Kudu, Kafka) unanswered for SLOW_CALL_S, and for how
+        long, if any."""
         late = [call for call in list(self.calls.values())
-                if call.dependency in ("kudu", "kafka") and self.clock() - call.since > SLOW_CALL_S]
+                if call.dependency in OVERDUE_PROBES and self.clock() - call.since > SLOW_CALL_S]
         first = min(late, key=lambda call: call.since, default=None)
         return (first, self.clock() - first.since) if first else None
 

@@ -13,6 +13,7 @@ runs these every few seconds (never a batch), and the job's health reports what 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
@@ -50,20 +51,33 @@ def kudu_tablet_leaders(spark: SparkSession, masters: str, table: str) -> list[s
         client.close()
 
 
-def overdue_problem(spark: SparkSession, args: argparse.Namespace, dependency: str, what: str, waited_s: float
-                    ) -> tuple[str, str] | None:
-    """(dependency, what is wrong) when the write `what`, unanswered for `waited_s`, waits on a node that is gone;
-    None when every node it needs answers (the write is slow, not stuck on an outage)."""
-    waiting = f"{what}: no answer for {waited_s:.0f} s"
-    if dependency == "kafka":
-        gone = unanswered(args.bootstrap_servers)
-        return ("kafka", f"{waiting}; Kafka broker(s) {', '.join(gone)} do not answer") if gone else None
-    if dependency != "kudu":
-        return None
+def kafka_brokers_gone(spark: SparkSession, args: argparse.Namespace, waiting: str) -> str | None:
+    """What is wrong when a write to Kafka (`waiting`: it and how long) waits on brokers that are gone, else None."""
+    gone = unanswered(args.bootstrap_servers)
+    return f"{waiting}; Kafka broker(s) {', '.join(gone)} do not answer" if gone else None
+
+
+def kudu_leaders_gone(spark: SparkSession, args: argparse.Namespace, waiting: str) -> str | None:
+    """What is wrong when a write to Kudu waits on a tablet leader that is gone, or on masters that cannot say
+    where the tablets are; else None."""
     try:
         gone = unanswered(kudu_tablet_leaders(spark, args.kudu_master, args.kudu_table))
     except Exception as exc:  # noqa: BLE001 - the masters not answering is the problem itself
-        return "kudu", f"{waiting}; Kudu's masters at {args.kudu_master} cannot say where its tablets are " \
-                       f"({type(exc).__name__})"
-    return ("kudu", f"{waiting}; the tablet server(s) at {', '.join(gone)}, leading tablets of {args.kudu_table}, "
-                    "do not answer") if gone else None
+        return f"{waiting}; Kudu's masters at {args.kudu_master} cannot say where its tablets are " \
+               f"({type(exc).__name__})"
+    return (f"{waiting}; the tablet server(s) at {', '.join(gone)}, leading tablets of {args.kudu_table}, do not "
+            "answer") if gone else None
+
+
+# The dependencies whose unanswered writes the probes can check, and how: the job's status watches only these.
+OVERDUE_PROBES: dict[str, Callable[[SparkSession, argparse.Namespace, str], str | None]] = {
+    "kafka": kafka_brokers_gone, "kudu": kudu_leaders_gone}
+
+
+def overdue_problem(spark: SparkSession, args: argparse.Namespace, dependency: str, what: str, waited_s: float
+                    ) -> tuple[str, str] | None:
+    """(dependency, what is wrong) when the write `what`, unanswered for `waited_s`, waits on a node that is gone;
+    None when every node it needs answers (the write is slow, not stuck on an outage), or no probe checks it."""
+    probe = OVERDUE_PROBES.get(dependency)
+    problem = probe(spark, args, f"{what}: no answer for {waited_s:.0f} s") if probe else None
+    return (dependency, problem) if problem else None

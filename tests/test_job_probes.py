@@ -89,6 +89,10 @@ def test_an_overdue_kudu_write_is_waiting_on_kudu_only_while_a_tablet_leader_doe
                 "tablets are (TimeoutError)")
 
 
+def test_a_call_no_probe_checks_is_never_blamed_on_a_dependency(closed):
+    assert overdue_problem(None, job_args(closed), "score", "batch 4: reading and scoring", 60) is None
+
+
 def test_the_health_says_what_an_overdue_write_waits_on_and_is_up_again_when_it_returns(listening, closed):
     clock = Clock()
     status = JobStatus(stuck_batch_s=300, clock=clock)
