@@ -1,14 +1,15 @@
 """Benchmark the streaming job alone: how fast it drains a backlog of readings from Kafka into Kudu, and its CPU.
 
 Usage (the local stack must be up: `make up`):
-    python -m bench.job_bench [--readings 100000] [--rounds 2] [--max-offsets-per-trigger 200000]
+    python -m bench.job_bench [--readings 100000] [--rounds 4] [--max-offsets-per-trigger 50000]
                               [--trigger-seconds 1] [--job-args 'OPTIONS'] [--json FILE]
 
 Starts a streaming job of its own (batch scoring, Kafka topic of its own -> Kudu table `sensors_bench`, a fresh
 checkpoint; no alerts nor verdicts queries), then, for each round: produces --readings readings to the topic (100
 machines, the model's history as values), and counts the time and the job's CPU (its JVM and Python processes)
-from the first record produced until `kudu table scan` counts them all. Round 1 includes the JVM's warm-up (the
-JIT compiles Spark's code paths); the later rounds are the job as it runs for hours. The batch lines of the job's
+from the first record produced until `kudu table scan` counts them all. Round 1 includes the JVM's warm-up; the JIT
+compiler goes on for minutes after it (each round says its share of the job's CPU), so the last rounds are closest
+to the job as it runs for hours. The batch lines of the job's
 log (rows, scoring, write and Kudu seconds) are printed for each round. Nothing else of the pipeline runs: the
 gateway, simulator and probes of bench/pipeline_bench.py are left out, so the figures are the job's own.
 """
@@ -29,13 +30,15 @@ from pathlib import Path
 from kafka import KafkaProducer
 
 from bench.pipeline_bench import BenchTableScanner, drop_table, interrupt, prepare_table, start_job
-from bench.processes import group_cpu_seconds, stop_group
+from bench.processes import JIT_THREADS, group_cpu_seconds, stop_group, threads_cpu_seconds
 from contract import ID_FIELD, SENSOR_FIELDS, TS_FIELD
 from model.data import load_history
 from runtime.kafka import delete_topic, ensure_topic
 from runtime.settings import connection_settings, require
 from runtime.waiting import wait_until
 from stack.config import load_config
+from stack.process import group_members
+from streaming.options import MAX_OFFSETS_PER_TRIGGER
 
 MACHINES = 100
 FIRST_ID = 20_000_000
@@ -62,6 +65,11 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> N
     producer.close()
 
 
+def jit_cpu_seconds(pgid: int) -> float:
+    """CPU seconds the JIT compiler threads of the job's JVM have used so far."""
+    return threads_cpu_seconds(group_members(pgid), JIT_THREADS)
+
+
 def batch_lines(log: Path, seen: int) -> list[str]:
     """The job's batch lines after the first `seen` ones."""
     lines = [line.split("streaming ", 1)[-1] for line in log.read_text().splitlines() if BATCH_LINE.search(line)]
@@ -71,9 +79,11 @@ def batch_lines(log: Path, seen: int) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.job_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--readings", type=int, default=100_000, help="readings per round (default 100,000)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds with the same job (default 2: cold, warm)")
-    parser.add_argument("--max-offsets-per-trigger", type=int, default=200_000,
-                        help="the job's limit on records per micro-batch (default 200,000, the job's own)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="rounds with the same job (default 4: cold, then warmer; the JIT compiles for minutes)")
+    parser.add_argument("--max-offsets-per-trigger", type=int, default=MAX_OFFSETS_PER_TRIGGER,
+                        help=f"the job's limit on records per micro-batch (default {MAX_OFFSETS_PER_TRIGGER:,}, the "
+                             "job's own)")
     parser.add_argument("--trigger-seconds", type=float, default=1.0, help="the job's trigger (default 1 s)")
     parser.add_argument("--job-args", default="", metavar="'OPTIONS'",
                         help="more of the job's options, as one string (e.g. '--kafka-option max.poll.records=5000')")
@@ -106,21 +116,24 @@ def main(argv: list[str] | None = None) -> int:
                 for number in range(1, args.rounds + 1):
                     records = readings(args.readings, time.time_ns() // 1000)
                     expected = number * args.readings
-                    cpu_before, started = group_cpu_seconds(job.pid), time.time()
+                    cpu_before, jit_before, started = group_cpu_seconds(job.pid), jit_cpu_seconds(job.pid), time.time()
                     produce(bootstrap, topic, records)
                     wait_until(lambda e=expected: scanner.count((FIRST_ID, FIRST_ID + MACHINES)) >= e,
                                args.timeout, f"round {number}: {expected:,} rows in Kudu",
                                abort=lambda: f"the job exited ({job.returncode})" if job.poll() is not None else None)
                     seconds, cpu_s = time.time() - started, group_cpu_seconds(job.pid) - cpu_before
+                    jit_share = (jit_cpu_seconds(job.pid) - jit_before) / cpu_s if cpu_s else 0.0
                     lines = batch_lines(log, seen_lines)
                     seen_lines += len(lines)
                     rounds.append({"round": number, "readings": args.readings, "seconds": round(seconds, 2),
                                    "records_per_s": round(args.readings / seconds, 1),
                                    "job_cpu_us_per_record": round(cpu_s / args.readings * 1e6, 1),
-                                   "job_cores": round(cpu_s / seconds, 2), "batches": len(lines)})
+                                   "job_cores": round(cpu_s / seconds, 2), "jit_share": round(jit_share, 3),
+                                   "batches": len(lines)})
                     print(f"\nround {number}{' (JVM warm-up included)' if number == 1 else ''}: "
                           f"{args.readings:,} readings in {seconds:.1f} s = {args.readings / seconds:,.0f} records/s; "
-                          f"job CPU {cpu_s / args.readings * 1e6:,.1f} us/record ({cpu_s / seconds:.2f} cores)")
+                          f"job CPU {cpu_s / args.readings * 1e6:,.1f} us/record ({cpu_s / seconds:.2f} cores; "
+                          f"{jit_share:.0%} of it the JVM's JIT compiler)")
                     for line in lines:
                         print(f"  {line}")
             finally:

@@ -7,6 +7,8 @@ import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -67,6 +69,23 @@ def forget_sessions(settings: dict[str, str], gateway_id: str, workers: int) -> 
 def group_cpu_seconds(pgid: int) -> float:
     """CPU seconds (user + system, including reaped children) of a process group's live members."""
     return cpu_seconds(group_members(pgid))
+
+
+# The JVM's JIT compiler threads, as Linux names them (15 characters of "C2 CompilerThread0").
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
+
+
+def threads_cpu_seconds(pids: Iterable[int], name_prefixes: tuple[str, ...]) -> float:
+    """CPU seconds (user + system) of the live threads of `pids` whose name starts with one of `name_prefixes`
+    (Linux's /proc; a thread that ended is not counted)."""
+    ticks = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with suppress(OSError):  # the thread or its process ended meanwhile
+                if (task / "comm").read_text().startswith(name_prefixes):
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    ticks += int(fields[11]) + int(fields[12])  # utime, stime (proc(5), counted from `state`)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:

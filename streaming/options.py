@@ -38,6 +38,7 @@ from streaming.alerts import DEFAULT_NEEDED, DEFAULT_WINDOW
 DESCRIPTION = ("Lab 9: score every reading of Kafka topic `iot` with the model server and write it into Kudu "
                "`sensors`.")
 DEFAULT_CHECKPOINT = ".stack/data/checkpoints/kafka_to_kudu"
+MAX_OFFSETS_PER_TRIGGER = 50_000  # records a micro-batch at most, by default: bench/README.md says why
 
 # Kafka's rule for topic names (kafka.common.internals.Topic): at most 249 of these characters, not "." or "..".
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -153,7 +154,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
              "reading, kept as the benchmark's baseline")
     add("--trigger-seconds", type=_number(float, 0.001, 86_400), default=1.0,
         help="micro-batch interval (default 1 s)")
-    add("--max-offsets-per-trigger", type=_number(int, 1), default=50_000,
+    add("--max-offsets-per-trigger", type=_number(int, 1), default=MAX_OFFSETS_PER_TRIGGER,
         help="upper bound of records per micro-batch (default 50,000: as cheap per record as larger batches, "
              "measured in bench/README.md, and a quarter of the memory and replay)")
     add("--checkpoint", type=_text("the checkpoint"), default=env.get("STREAMING_CHECKPOINT", DEFAULT_CHECKPOINT))
