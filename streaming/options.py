@@ -155,7 +155,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--trigger-seconds", type=_number(float, 0.001, 86_400), default=1.0,
         help="micro-batch interval (default 1 s)")
     add("--max-offsets-per-trigger", type=_number(int, 1), default=MAX_OFFSETS_PER_TRIGGER,
-        help="upper bound of records per micro-batch (default 50,000: as cheap per record as larger batches, "
+        help=f"upper bound of records per micro-batch (default {MAX_OFFSETS_PER_TRIGGER:,}: as cheap per record as "
+             "larger batches, "
              "measured in bench/README.md, and a quarter of the memory and replay)")
     add("--checkpoint", type=_text("the checkpoint"), default=env.get("STREAMING_CHECKPOINT", DEFAULT_CHECKPOINT))
     add("--kafka-option", type=kafka_option, action="append", default=[], metavar="KEY=VALUE",

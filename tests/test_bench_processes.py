@@ -7,7 +7,7 @@ import os
 import threading
 import time
 
-from bench.processes import threads_cpu_seconds
+from bench.processes import JIT_THREADS, threads_cpu_seconds
 
 PR_SET_NAME = 15  # prctl(2): the calling thread's name, 15 characters at most
 
@@ -30,7 +30,7 @@ def test_only_the_named_threads_cpu_is_counted():
     thread.start()
     try:
         assert started.wait(30)
-        jit_s = threads_cpu_seconds([os.getpid()], ("C1 CompilerThre", "C2 CompilerThre"))
+        jit_s = threads_cpu_seconds([os.getpid()], JIT_THREADS)
         other_s = threads_cpu_seconds([os.getpid()], ("no such thread",))
     finally:
         stop.set()
