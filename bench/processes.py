@@ -18,29 +18,40 @@ from runtime.waiting import wait_until
 from stack.process import cpu_seconds, group_members
 
 
-def start_until_up(command: list[str], health_file: Path, what: str, log: Path | None = None,
-                   timeout_s: float = 180, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `command` (given `--health-file health_file`) in its own process group; wait until it says it is up."""
-    health_file.unlink(missing_ok=True)
+def start_group(command: list[str], log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `command` in its own process group, its output to `log` (or nowhere)."""
     out = log.open("a") if log else subprocess.DEVNULL
     process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     if log:
         out.close()
+    return process
+
+
+def start_until_up(command: list[str], health_file: Path, what: str, log: Path | None = None,
+                   timeout_s: float = 180, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `command` (given `--health-file health_file`) in its own process group; wait until it says it is up."""
+    health_file.unlink(missing_ok=True)
+    process = start_group(command, log, env)
     hint = f" (log: {log})" if log else ""
     wait_until(lambda: is_up(health_file), timeout_s, what,
                abort=lambda: f"exited with {process.returncode}{hint}" if process.poll() is not None else None)
     return process
 
 
-def start_gateway(gateway_id: str, workers: int, topic_filter: str, kafka_topic: str,
-                  health_file: Path) -> subprocess.Popen:
+def gateway_command(gateway_id: str, workers: int, topic_filter: str, kafka_topic: str,
+                    health_file: Path) -> list[str]:
     """A gateway of the benchmark's own: its MQTT topics into its Kafka topic (the stack's gateway carries the
     alerts and the edge verdicts)."""
-    return start_until_up(
-        [sys.executable, "-m", "gateway", "--workers", str(workers), "--gateway-id", gateway_id,
-         "--topic-filter", topic_filter, "--share-group", gateway_id, "--kafka-topic", kafka_topic,
-         "--metrics-interval", "3600", "--no-alerts", "--no-verdicts", "--health-file", str(health_file)],
-        health_file, f"gateway {gateway_id}")
+    return [sys.executable, "-m", "gateway", "--workers", str(workers), "--gateway-id", gateway_id,
+            "--topic-filter", topic_filter, "--share-group", gateway_id, "--kafka-topic", kafka_topic,
+            "--metrics-interval", "3600", "--no-alerts", "--no-verdicts", "--health-file", str(health_file)]
+
+
+def start_gateway(gateway_id: str, workers: int, topic_filter: str, kafka_topic: str,
+                  health_file: Path) -> subprocess.Popen:
+    """The benchmark's own gateway (`gateway_command`), once it says it is up."""
+    return start_until_up(gateway_command(gateway_id, workers, topic_filter, kafka_topic, health_file),
+                          health_file, f"gateway {gateway_id}")
 
 
 def stop_group(process: subprocess.Popen, timeout_s: float = 120) -> None:

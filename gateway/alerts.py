@@ -27,20 +27,20 @@ from typing import TypeVar
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    CommitFailedError,
+    CorruptRecordError,
+    InvalidRecordError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from contract import ID_FIELD, InvalidReading, alert_json, clip, parse_alert, show
-from gateway.bridge import (
-    DELIVERY_TIMEOUT_MS,
-    KAFKA_WAIT_S,
-    MAX_BLOCK_MS,
-    PING_INTERVAL_S,
-    RECORD_ERRORS,
-    GatewaySettings,
-    as_header,
-    mqtt_client,
-)
+from gateway.bridge import KAFKA_WAIT_S, PING_INTERVAL_S, GatewaySettings, as_header, mqtt_client
 from runtime.health import Health
 from runtime.retry import Backoff
 from runtime.settings import ALERTS_TOPIC, MQTT_ALERTS_PREFIX
@@ -55,6 +55,13 @@ KEY_KEPT_BYTES = 1024  # a dead letter keeps this much of the key; its kafka_* h
 MAX_BACKOFF_S = 10.0
 MQTT_WAIT_S = 10.0  # a publication unacknowledged this long: the forwarder is waiting on MQTT
 COMMIT_TIMEOUT_MS = 5_000
+# kafka-python gives up on a record after delivery_timeout_ms (120 s by default) and the forwarder would have to
+# fail. It waits out any outage instead: 2**31-1 ms is about 24.8 days.
+DELIVERY_TIMEOUT_MS = 2**31 - 1
+# How long send() may block for metadata or buffer space before the forwarder says it waits on Kafka and retries.
+MAX_BLOCK_MS = 5_000
+# Errors that are about the record itself: retrying cannot help, so the dead letter keeps less of it instead.
+RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, CorruptRecordError, InvalidRecordError)
 
 
 @dataclass(frozen=True)

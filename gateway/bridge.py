@@ -5,8 +5,9 @@
 - Every payload becomes a record: a reading for `iot`, an edge verdict for `iot.verdicts` (a message on a topic of
   the verdicts filter, `verdicts/#`), or a dead letter for `iot.dlq` with the reason (`contract.parse_reading` and
   `parse_verdict` are total). Nothing raises out of paho's callbacks: its network thread never dies.
-- paho's network thread only checks and hands records over; a sender thread talks to Kafka. While Kafka is away
-  the sender waits (kafka-python keeps retrying: no delivery timeout), nothing is acknowledged, and the broker
+- paho's network thread only checks and hands records over; a sender thread hands them to librdkafka's producer
+  (confluent-kafka: no per-record Python once handed over), and a poller thread takes Kafka's acknowledgements.
+  While Kafka is away the producer keeps retrying (no delivery timeout), nothing is acknowledged, and the broker
   stops sending once `receive_maximum` messages are unacknowledged: the backlog waits in Mosquitto's queue for
   our session. When Kafka is back, everything resumes by itself.
 - Health (`health()`): up only while connected, Kafka taking records, and messages (or our own ping, published
@@ -18,7 +19,6 @@
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import logging
 import queue
@@ -28,17 +28,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 
 import paho.mqtt.client as mqtt
-from kafka import KafkaProducer
-from kafka.errors import (
-    CorruptRecordError,
-    InvalidRecordError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-)
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -66,14 +59,10 @@ from runtime.waiting import any_answers
 
 log = logging.getLogger("gateway")
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our subscription and queued messages this long while we are away
-# kafka-python gives up on a record after delivery_timeout_ms (120 s by default) and the worker would have to
-# fail. We wait out any outage instead: the records stay buffered (at most receive_maximum of them) and are
-# retried until Kafka takes them. 2**31-1 ms is about 24.8 days, longer than the MQTT session lives.
-DELIVERY_TIMEOUT_MS = 2**31 - 1
-# How long send() may block for metadata or buffer space before the sender says it waits on Kafka and retries.
-MAX_BLOCK_MS = 5_000
 # Errors that are about the record itself: retrying cannot help, so it becomes a dead letter instead.
-RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, CorruptRecordError, InvalidRecordError)
+RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG,
+                           KafkaError.INVALID_RECORD})
+POLL_S = 0.2  # the poller's longest wait for an acknowledgement: how soon it sees a stop
 KAFKA_WAIT_S = 10.0  # a record unacknowledged by Kafka this long: the worker is waiting on Kafka
 PING_INTERVAL_S = 5.0
 STALL_S = 30.0  # no progress and no ping back for this long: degraded; for STALL_FAIL_S: the worker exits
@@ -310,6 +299,26 @@ def dead_letter(message: mqtt.MQTTMessage, settings: GatewaySettings, connection
                     "dead_lettered", message.mid, message.qos, connection, reason=category, kind=kind)
 
 
+def kafka_producer(settings: GatewaySettings, client_id: str, on_error: Callable[[KafkaError], None]) -> Producer:
+    """librdkafka's idempotent producer (acks=all, lz4, 5 ms linger), with no delivery timeout: librdkafka would
+    give up on a record after 300 s (its default) and the worker would have to fail. We wait out any outage
+    instead: the records stay queued (at most receive_maximum of them) and are retried until Kafka takes them."""
+    return Producer({
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": client_id,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 0,  # 0: no delivery timeout
+        # Java's partitioner (and kafka-python's, which the gateway used before): a machine's key keeps its partition.
+        "partitioner": "murmur2_random",
+        "reconnect.backoff.max.ms": 10_000,
+        "logger": logging.getLogger("gateway.kafka"),
+        "error_cb": on_error,
+    })
+
+
 def mqtt_client(settings: GatewaySettings, client_id: str, manual_ack: bool = False) -> mqtt.Client:
     """An MQTT v5 client with the gateway's credentials, reconnecting with backoff (1 s doubling to 30 s); paho's,
     reading and acknowledging in bulk (runtime.mqtt.BufferedClient)."""
@@ -339,23 +348,14 @@ class GatewayWorker:
         self._pending_lock = threading.Lock()
         self._kafka_problem: tuple[float, str] | None = None  # since when, and why, the sender waits
         self._kafka_unreachable: str | None = None  # set by the idle check of the bootstrap servers
+        self._kafka_error = ""  # the producer's last error report (error_cb), for the health detail
         self._last_progress = time.monotonic()
         self._ping_sent: float | None = None
         self._last_pong = time.monotonic()
-        self.producer = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id=self.client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            batch_size=256 * 1024,
-            compression_type="lz4",
-            max_block_ms=MAX_BLOCK_MS,
-            delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
-            reconnect_backoff_max_ms=10_000,
-        )
+        self.producer = kafka_producer(settings, self.client_id, self._on_kafka_error)
         self.mqtt = self._mqtt_client()
         self._sender = threading.Thread(target=self._send_loop, name=f"{self.client_id}-sender", daemon=True)
+        self._poller = threading.Thread(target=self._poll_loop, name=f"{self.client_id}-poller", daemon=True)
 
     def _mqtt_client(self) -> mqtt.Client:
         client = mqtt_client(self.settings, self.client_id, manual_ack=True)
@@ -420,7 +420,7 @@ class GatewayWorker:
         if message.qos:
             self.mqtt.ack(message.mid, message.qos)
 
-    # -- the sender thread: Kafka --
+    # -- the sender and poller threads: Kafka --
 
     def _send_loop(self) -> None:
         while not self._stop.is_set():
@@ -435,31 +435,62 @@ class GatewayWorker:
                 self._fail(f"sender failed: {exc!r}")
 
     def _send(self, record: Outgoing) -> None:
-        """Hand one record to the producer, waiting out Kafka's absence; never drop it."""
+        """Hand one record to the producer, waiting out a full queue or Kafka's absence; never drop it."""
         backoff = None
         while not self._stop.is_set():
             delay = record.not_before - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 return
             try:
-                future = self.producer.send(record.topic, key=record.key, value=record.value, headers=record.headers)
-            except KafkaTimeoutError as exc:  # no metadata or no buffer space within MAX_BLOCK_MS: Kafka is away
-                self._kafka_waits(f"cannot hand records to Kafka: {exc}")
-                backoff = backoff or Backoff(0.5, 10.0)
-                self._stop.wait(backoff.next_delay())
-                continue
-            except RECORD_ERRORS as exc:
-                record = self._shrunk_dead_letter(record, exc)
-                continue
-            with self._pending_lock:
-                self._pending[id(record)] = time.monotonic()
-            future.add_callback(self._delivered, record)
-            future.add_errback(self._not_delivered, record)
-            return
+                self._produce(record)
+                return
+            except BufferError:  # librdkafka's queue is full: Kafka takes records slower than they come, or not
+                self._kafka_waits("the Kafka producer's queue is full")
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() in RECORD_ERRORS:
+                    record = self._shrunk_dead_letter(record, error)
+                    continue
+                self._kafka_waits(f"cannot hand records to Kafka: {error.str()}")
+            backoff = backoff or Backoff(0.5, 10.0)
+            self._stop.wait(backoff.next_delay())
 
-    def _shrunk_dead_letter(self, record: Outgoing, exc: Exception) -> Outgoing:
+    def _produce(self, record: Outgoing) -> None:
+        with self._pending_lock:  # before produce(): the poller may see its acknowledgement at once
+            self._pending[id(record)] = time.monotonic()
+        try:
+            self.producer.produce(record.topic, record.value, record.key, headers=record.headers,
+                                  on_delivery=partial(self._on_delivery, record))
+        except BaseException:
+            with self._pending_lock:
+                self._pending.pop(id(record), None)
+            raise
+
+    def _poll_loop(self) -> None:
+        """Kafka's acknowledgements: librdkafka runs the delivery callbacks only inside poll()."""
+        while not self._stop.is_set():
+            try:
+                self.producer.poll(POLL_S)
+            except Exception as exc:  # noqa: BLE001 - a callback's bug surfaces here; the worker restarts
+                log.exception("%s: unexpected error taking Kafka's acknowledgements", self.client_id)
+                self._fail(f"poller failed: {exc!r}")
+
+    def _on_delivery(self, record: Outgoing, error: KafkaError | None, _message: Message) -> None:
+        if error is None:
+            self._delivered(record)
+        elif not self._stop.is_set():  # when stopping, what Kafka did not take stays with the broker, unacknowledged
+            self._not_delivered(record, error)
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        """librdkafka's error reports (error_cb): most are transient (a broker away) and it retries by itself; a
+        fatal one (the idempotent producer cannot go on) restarts the worker, and the broker delivers again."""
+        self._kafka_error = error.str()
+        if error.fatal():
+            self._fail(f"the Kafka producer failed: {error.str()}")
+
+    def _shrunk_dead_letter(self, record: Outgoing, error: KafkaError) -> Outgoing:
         """A record Kafka refuses as such: a reading becomes a dead letter; a dead letter keeps less of its value."""
-        reason = f"Kafka refused the record: {type(exc).__name__}: {clip(str(exc), 200)}"
+        reason = f"Kafka refused the record: {error.name()}: {clip(error.str(), 200)}"
         if record.outcome == "produced":
             headers = [("reason", as_header(reason)), ("field", b""),
                        ("gateway_id", as_header(self.settings.gateway_id)),
@@ -470,10 +501,11 @@ class GatewayWorker:
                     len(record.value) // 2, len(record.value))
         return replace(record, value=record.value[: len(record.value) // 2])
 
-    def _delivered(self, record: Outgoing, _metadata: object = None) -> None:
+    def _delivered(self, record: Outgoing) -> None:
         with self._pending_lock:
             handed_over = self._pending.pop(id(record), None)
         self._kafka_problem = None
+        self._kafka_error = ""
         self._last_progress = now = time.monotonic()
         self.counters.delivered(record.outcome, record.reason, None if handed_over is None else now - handed_over,
                                 record.kind)
@@ -482,14 +514,14 @@ class GatewayWorker:
         if record.qos and record.connection == self._connection and self._connected:
             self.mqtt.ack(record.mid, record.qos)
 
-    def _not_delivered(self, record: Outgoing, exc: Exception) -> None:
+    def _not_delivered(self, record: Outgoing, error: KafkaError) -> None:
         with self._pending_lock:
             self._pending.pop(id(record), None)
-        if isinstance(exc, RECORD_ERRORS):
-            self.outbox.put(self._shrunk_dead_letter(record, exc))
+        if error.code() in RECORD_ERRORS:
+            self.outbox.put(self._shrunk_dead_letter(record, error))
             return
         # Not about the record (authorisation, a deleted topic, ...): keep it, retry later, say what we wait for.
-        self._kafka_waits(f"Kafka did not take a record: {type(exc).__name__}: {clip(str(exc), 200)}")
+        self._kafka_waits(f"Kafka did not take a record: {error.name()}: {clip(error.str(), 200)}")
         self.outbox.put(replace(record, not_before=time.monotonic() + 5.0))
 
     def _kafka_waits(self, problem: str) -> None:
@@ -528,7 +560,8 @@ class GatewayWorker:
         with self._pending_lock:
             oldest = min(self._pending.values(), default=now)
         if self._kafka_problem or now - oldest > KAFKA_WAIT_S:
-            since, problem = self._kafka_problem or (oldest, "Kafka has not acknowledged records")
+            last_error = f"; last error: {clip(self._kafka_error, 200)}" if self._kafka_error else ""
+            since, problem = self._kafka_problem or (oldest, f"Kafka has not acknowledged records{last_error}")
             return f"{problem} (for {now - since:.0f} s)"
         return self._kafka_unreachable
 
@@ -568,6 +601,7 @@ class GatewayWorker:
         self.mqtt.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30,
                                 clean_start=False, properties=properties)
         self._sender.start()
+        self._poller.start()
         self.mqtt.loop_start()
         since, next_metrics, next_ping = None, time.monotonic() + self.settings.metrics_interval_s, 0.0
         try:
@@ -586,17 +620,24 @@ class GatewayWorker:
         finally:
             # Every record Kafka takes in time is acknowledged over MQTT before the DISCONNECT, which paho sends
             # after them; what Kafka has not taken (it may be away) stays with the broker for our next session.
-            with contextlib.suppress(KafkaTimeoutError):
-                self.producer.flush(timeout=20)
+            self._sender.join(timeout=5)
+            self._poller.join(timeout=5)
+            left = self.producer.flush(timeout=20)
+            if left:
+                log.warning("%s: Kafka did not take %d records in 20 s; the MQTT broker keeps them for our next "
+                            "session", self.client_id, left)
+                self.producer.purge()  # else close() would wait for them
             self.mqtt.disconnect()
             self.mqtt.loop_stop()
-            self.producer.close(timeout=5)
+            self.producer.close()
             log.info("%s: stopped: %s", self.client_id, self.counters.line()[0])
 
     def _check_liveness(self, now: float) -> None:
         """Exit (the supervisor restarts us, the broker re-delivers) if a thread died or nothing moves for long."""
         if not self._sender.is_alive():
             self._fail("the Kafka sender thread is not running")
+        elif not self._poller.is_alive():
+            self._fail("the Kafka poller thread is not running")
         elif not self._mqtt_thread_alive():
             self._fail("the MQTT network thread is not running")
         elif self._connected and not self._waiting_on_kafka(now) and self._stalled_for(now) > STALL_FAIL_S:
