@@ -11,13 +11,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from runtime.mqtt import BufferedClient, SharedTableProperties
+from tests.mqtt_packets import publish_properties
 
 PACKET_TYPES = st.sampled_from([PacketTypes.CONNECT, PacketTypes.CONNACK, PacketTypes.PUBLISH, PacketTypes.PUBACK,
                                 PacketTypes.SUBACK, PacketTypes.DISCONNECT, PacketTypes.AUTH,
                                 PacketTypes.WILLMESSAGE])
-TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
-
-
 def outcome(properties: Properties, buffer: bytes) -> tuple:
     """What unpacking `buffer` gives: the properties and the length read, or the error."""
     try:
@@ -25,27 +23,6 @@ def outcome(properties: Properties, buffer: bytes) -> tuple:
     except Exception as exc:  # noqa: BLE001 - the error is the outcome compared
         return "error", type(exc), str(exc)
     return length, properties.json(), str(properties), properties.isEmpty()
-
-
-@st.composite
-def publish_properties(draw) -> bytes:
-    """MQTT v5 PUBLISH properties, packed by paho (none, some, or all of them, user properties repeated)."""
-    properties = Properties(PacketTypes.PUBLISH)
-    if draw(st.booleans()):
-        properties.PayloadFormatIndicator = draw(st.integers(0, 1))
-    if draw(st.booleans()):
-        properties.MessageExpiryInterval = draw(st.integers(0, 2**32 - 1))
-    if draw(st.booleans()):
-        properties.ContentType = draw(TEXT)
-    if draw(st.booleans()):
-        properties.ResponseTopic = draw(TEXT)
-    if draw(st.booleans()):
-        properties.CorrelationData = draw(st.binary(max_size=20))
-    if draw(st.booleans()):
-        properties.TopicAlias = draw(st.integers(1, 65535))
-    for pair in draw(st.lists(st.tuples(TEXT, TEXT), max_size=3)):
-        properties.UserProperty = pair
-    return properties.pack()
 
 
 @given(PACKET_TYPES, st.binary(max_size=64))
