@@ -37,7 +37,7 @@ from bench.processes import (
 from gateway.bridge import GatewaySettings, kafka_producer
 from runtime.kafka import end_offsets, ensure_topic
 from runtime.settings import connection_settings, require
-from simulator.config import load_simulator_config
+from simulator.config import SimulatorConfig, load_simulator_config
 from simulator.publisher import run
 
 BENCH_TOPIC = "iot.bench"
@@ -58,10 +58,10 @@ def wait_for_records(bootstrap: str, target: int, timeout_s: float = 600, gatewa
     before, cpu_before, deadline = time.monotonic(), 0.0, time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         now, cpu, total = time.monotonic(), group_cpu_seconds(gateway.pid) if gateway else 0.0, total_offset(bootstrap)
+        if total >= target:
+            return before, time.monotonic(), (group_cpu_seconds(gateway.pid) - cpu_before) if gateway else 0.0
         if total <= start_total:
             before, cpu_before = now, cpu
-        elif total >= target:
-            return before, time.monotonic(), (group_cpu_seconds(gateway.pid) - cpu_before) if gateway else 0.0
         if gateway and gateway.poll() is not None:
             raise RuntimeError(f"the bench's gateway exited with {gateway.returncode}")
         # The polling interval of a measurement, not synchronisation: runtime.waiting.wait_until backs off to 1 s
@@ -100,6 +100,34 @@ def producer_ceiling(bootstrap: str, messages: int) -> tuple[float, float]:
     return messages / elapsed, cpu / messages * 1e6
 
 
+def measure(sim: SimulatorConfig, settings: dict[str, str], bootstrap: str, workers: int, health: Path
+            ) -> list[str]:
+    """One line of the table, for `workers` gateway workers: end to end msg/s, simulator msg/s and µs per message,
+    gateway ceiling msg/s and µs per message. The bench's gateway is stopped and its sessions forgotten after,
+    whatever happens."""
+    messages, gateway_id = sim.messages, f"gw-bench-{workers}"
+    gateway = start_gateway(gateway_id, workers, f"{MQTT_TOPIC}/#", BENCH_TOPIC, health)
+    try:
+        target = total_offset(bootstrap) + messages
+        t0 = time.monotonic()
+        summary = run(sim, progress=False)
+        _, done, _ = wait_for_records(bootstrap, target)
+        stop_group(gateway)  # its sessions stay: Mosquitto now queues for them
+
+        target = total_offset(bootstrap) + messages
+        before = own_cpu_seconds(resource.RUSAGE_CHILDREN)  # the publishers are reaped children
+        alone = run(sim, progress=False)  # with no gateway taking messages: the simulator's own cost
+        simulator_us = (own_cpu_seconds(resource.RUSAGE_CHILDREN) - before) / alone.published * 1e6
+        # Timed from its start, not from its `up`: it drains the backlog from its first second on.
+        gateway = start_group(gateway_command(gateway_id, workers, f"{MQTT_TOPIC}/#", BENCH_TOPIC, health))
+        first, last, gateway_cpu = wait_for_records(bootstrap, target, gateway=gateway, start_total=target - messages)
+    finally:
+        stop_group(gateway)
+        forget_sessions(settings, gateway_id, workers)
+    return [f"{messages / (done - t0):>16,.0f}", f"{summary.rate:>15,.0f}", f"{simulator_us:>16,.1f}",
+            f"{messages / (last - first):>21,.0f}", f"{gateway_cpu / messages * 1e6:>14,.1f}"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.edge_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=100_000)
@@ -119,27 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         health = Path(tmp) / "gateway.health"
         for workers in args.workers:
-            gateway_id = f"gw-bench-{workers}"
-            gateway = start_gateway(gateway_id, workers, f"{MQTT_TOPIC}/#", BENCH_TOPIC, health)
-            target = total_offset(bootstrap) + args.messages
-            t0 = time.monotonic()
-            summary = run(sim, progress=False)
-            _, done, _ = wait_for_records(bootstrap, target)
-            end_to_end = args.messages / (done - t0)
-            stop_group(gateway)  # its sessions stay: Mosquitto now queues for them
-
-            target = total_offset(bootstrap) + args.messages
-            before = own_cpu_seconds(resource.RUSAGE_CHILDREN)  # the publishers are reaped children
-            alone = run(sim, progress=False)  # with no gateway taking messages: the simulator's own cost
-            simulator_us = (own_cpu_seconds(resource.RUSAGE_CHILDREN) - before) / alone.published * 1e6
-            # Timed from its start, not from its `up`: it drains the backlog from its first second on.
-            gateway = start_group(gateway_command(gateway_id, workers, f"{MQTT_TOPIC}/#", BENCH_TOPIC, health))
-            first, last, gateway_cpu = wait_for_records(bootstrap, target, gateway=gateway,
-                                                        start_total=target - args.messages)
-            stop_group(gateway)
-            forget_sessions(settings, gateway_id, workers)
-            print(f"{workers:>7}  {end_to_end:>16,.0f}  {summary.rate:>15,.0f}  {simulator_us:>16,.1f}  "
-                  f"{args.messages / (last - first):>21,.0f}  {gateway_cpu / args.messages * 1e6:>14,.1f}")
+            print(f"{workers:>7}  " + "  ".join(measure(sim, settings, bootstrap, workers, health)))
     rate, cpu_us = producer_ceiling(bootstrap, args.messages)
     print(f"the gateway's Kafka producer alone (librdkafka; acks=all, idempotent, lz4): {rate:,.0f} records/s, "
           f"{cpu_us:.1f} µs of CPU a record")
