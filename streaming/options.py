@@ -156,8 +156,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="micro-batch interval (default 1 s)")
     add("--max-offsets-per-trigger", type=_number(int, 1), default=MAX_OFFSETS_PER_TRIGGER,
         help=f"upper bound of records per micro-batch (default {MAX_OFFSETS_PER_TRIGGER:,}: as cheap per record as "
-             "larger batches, "
-             "measured in bench/README.md, and a quarter of the memory and replay)")
+             "larger batches, measured in bench/README.md, and a quarter of the memory and replay)")
     add("--checkpoint", type=_text("the checkpoint"), default=env.get("STREAMING_CHECKPOINT", DEFAULT_CHECKPOINT))
     add("--kafka-option", type=kafka_option, action="append", default=[], metavar="KEY=VALUE",
         help="a Kafka client setting for the source and the dead-letter sink, repeatable: e.g. "

@@ -22,6 +22,13 @@ def java_partition(key: bytes, partitions: int) -> int:
 
 
 @pytest.fixture()
+def topic(local_stack) -> str:
+    name = "gateway-partitioner-test"
+    ensure_topic(local_stack.cfg.kafka_bootstrap, name, partitions=PARTITIONS)
+    return name
+
+
+@pytest.fixture()
 def producer(local_stack):
     settings = GatewaySettings("127.0.0.1", 1, "", "", local_stack.cfg.kafka_bootstrap, "gw-kafka-test")
     errors: list[KafkaError] = []
@@ -31,9 +38,7 @@ def producer(local_stack):
     assert not [error for error in errors if error.fatal()]
 
 
-def test_a_machine_key_lands_on_the_partition_java_gives_it(local_stack, producer):
-    topic = "gateway-partitioner-test"
-    ensure_topic(local_stack.cfg.kafka_bootstrap, topic, partitions=PARTITIONS)
+def test_a_machine_key_lands_on_the_partition_java_gives_it(topic, producer):
     landed: dict[bytes, int] = {}
 
     def on_delivery(error, message) -> None:
@@ -48,9 +53,7 @@ def test_a_machine_key_lands_on_the_partition_java_gives_it(local_stack, produce
     assert len(set(landed.values())) == PARTITIONS  # the keys spread: not all on one partition by accident
 
 
-def test_a_record_over_kafkas_size_limit_is_refused_as_such(local_stack, producer):
-    topic = "gateway-partitioner-test"
-    ensure_topic(local_stack.cfg.kafka_bootstrap, topic, partitions=PARTITIONS)
+def test_a_record_over_kafkas_size_limit_is_refused_as_such(topic, producer):
     with pytest.raises(KafkaException) as refused:
         producer.produce(topic, b"x" * 1_200_000, b"1")
     assert refused.value.args[0].code() in RECORD_ERRORS
